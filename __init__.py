@@ -1,0 +1,27 @@
+"""visionbridge: a pretrained vision encoder joined to a pretrained causal LM through a selectable connector.
+
+Importing the package registers its classes with the transformers Auto classes, so `trust_remote_code` is only
+needed where visionbridge is not installed.
+"""
+
+import transformers
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+from .configuration import CONNECTOR_NAMES, VisionBridgeConfig
+from .modeling import VisionBridgeForConditionalGeneration, from_components
+from .processing import VisionBridgeProcessor
+
+AutoConfig.register(VisionBridgeConfig.model_type, VisionBridgeConfig, exist_ok=True)
+AutoModelForImageTextToText.register(VisionBridgeConfig, VisionBridgeForConditionalGeneration, exist_ok=True)
+if hasattr(transformers, "AutoModelForVision2Seq"):  # removed in transformers 5
+    transformers.AutoModelForVision2Seq.register(VisionBridgeConfig, VisionBridgeForConditionalGeneration, exist_ok=True)
+AutoProcessor.register(VisionBridgeConfig, VisionBridgeProcessor, exist_ok=True)
+
+__version__ = "0.1.0"
+__all__ = [
+    "CONNECTOR_NAMES",
+    "VisionBridgeConfig",
+    "VisionBridgeForConditionalGeneration",
+    "VisionBridgeProcessor",
+    "from_components",
+]

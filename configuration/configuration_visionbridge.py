@@ -1,0 +1,104 @@
+"""VisionBridgeConfig: a vision encoder config, a causal-LM config and the connector that joins them."""
+
+import re
+
+from transformers import AutoConfig, PretrainedConfig
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+# Connectors that keep the encoder's patch grid (one LLM token per patch) and those that emit a fixed
+# number of learned queries, with the query count each one defaults to.
+PATCH_CONNECTORS = ("linear", "mlp{N}x_gelu")
+QUERY_CONNECTORS = {"qformer": 32, "resampler": 256}
+CONNECTOR_NAMES = (*PATCH_CONNECTORS, *QUERY_CONNECTORS)
+_MLP_PATTERN = re.compile(r"^mlp(\d+)x_gelu$")
+
+# Encoders whose sequence starts with tokens that are not patches (a CLS token); all others start with patches.
+PREFIX_TOKENS = {"clip_vision_model": 1, "vit": 1, "dinov2": 1}
+
+
+def mlp_depth(connector: str) -> int | None:
+    """Number of linear layers of an `mlp{N}x_gelu` connector name, None for any other name."""
+    match = _MLP_PATTERN.match(connector)
+    return int(match.group(1)) if match else None
+
+
+def _as_config(value: PretrainedConfig | dict | None, default_type: str) -> PretrainedConfig:
+    if value is None:
+        return CONFIG_MAPPING[default_type]()
+    if isinstance(value, dict):
+        value = dict(value)
+        return CONFIG_MAPPING[value.pop("model_type", default_type)](**value)
+    return value
+
+
+class VisionBridgeConfig(PretrainedConfig):
+    """Configuration of `VisionBridgeForConditionalGeneration`.
+
+    Args:
+        vision_config: config of any transformers vision encoder (CLIP-vision, SigLIP-vision, ...).
+        text_config: config of any causal language model (LLaMA, Qwen2, OPT, GPT-NeoX, ...).
+        connector: `"linear"`, `"mlp{N}x_gelu"`, `"qformer"` or `"resampler"`.
+        num_query_tokens: learned queries of a query connector (`qformer`: 32, `resampler`: 256 by default);
+            must stay None for the patch connectors.
+        vision_feature_layer: hidden layer of the encoder whose output feeds the connector (LLaVA: -2).
+        vision_feature_select: `"patch"` drops the encoder's CLS token where it has one, `"full"` keeps it.
+        image_token_id: id of the placeholder token that marks where image features go.
+        image_seq_length: placeholder tokens per image; derived from the encoder and connector when not given.
+        image_aspect_ratio: `"pad"` pads images to a square with the mean colour (LLaVA), `"resize"` stretches them.
+    """
+
+    model_type = "visionbridge"
+    sub_configs = {"vision_config": AutoConfig, "text_config": AutoConfig}
+
+    def __init__(
+        self,
+        vision_config: PretrainedConfig | dict | None = None,
+        text_config: PretrainedConfig | dict | None = None,
+        connector: str = "mlp2x_gelu",
+        num_query_tokens: int | None = None,
+        vision_feature_layer: int = -2,
+        vision_feature_select: str = "patch",
+        image_token_id: int | None = None,
+        image_seq_length: int | None = None,
+        image_aspect_ratio: str = "pad",
+        initializer_range: float = 0.02,
+        **kwargs,
+    ):
+        self.vision_config = _as_config(vision_config, "clip_vision_model")
+        self.text_config = _as_config(text_config, "llama")
+        if connector not in QUERY_CONNECTORS and mlp_depth(connector) is None and connector != "linear":
+            raise ValueError(f"Unknown connector {connector!r}; valid connectors are {', '.join(CONNECTOR_NAMES)}.")
+        if connector in QUERY_CONNECTORS:
+            num_query_tokens = num_query_tokens or QUERY_CONNECTORS[connector]
+        elif num_query_tokens is not None:
+            raise ValueError(f"num_query_tokens={num_query_tokens} is set, but connector {connector!r} has no queries.")
+        if vision_feature_select not in ("patch", "full"):
+            raise ValueError(f"vision_feature_select must be 'patch' or 'full', got {vision_feature_select!r}.")
+        if image_aspect_ratio not in ("pad", "resize"):
+            raise ValueError(f"image_aspect_ratio must be 'pad' or 'resize', got {image_aspect_ratio!r}.")
+        self.connector = connector
+        self.num_query_tokens = num_query_tokens
+        self.vision_feature_layer = vision_feature_layer
+        self.vision_feature_select = vision_feature_select
+        self.image_token_id = image_token_id
+        self.image_aspect_ratio = image_aspect_ratio
+        self.initializer_range = initializer_range
+        self.image_seq_length = image_seq_length or self._derived_image_seq_length()
+        kwargs.setdefault("tie_word_embeddings", getattr(self.text_config, "tie_word_embeddings", False))
+        # The base class sets one attention implementation on every sub-config; keep the ones the parts came with.
+        kwargs.setdefault(
+            "attn_implementation",
+            {key: getattr(self, key)._attn_implementation for key in self.sub_configs},
+        )
+        super().__init__(**kwargs)
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens the encoder puts before its patches (CLS); they are dropped under `vision_feature_select="patch"`."""
+        return PREFIX_TOKENS.get(self.vision_config.model_type, 0)
+
+    def _derived_image_seq_length(self) -> int:
+        if self.num_query_tokens is not None:
+            return self.num_query_tokens
+        num_patches = (self.vision_config.image_size // self.vision_config.patch_size) ** 2
+        return num_patches + (self.num_prefix_tokens if self.vision_feature_select == "full" else 0)

@@ -1,0 +1,54 @@
+"""`from_components`: a VisionBridge model and processor from a pretrained vision encoder and a pretrained causal LM."""
+
+from tokenizers import AddedToken
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+from ..configuration.configuration_visionbridge import VisionBridgeConfig
+from ..processing.processing_visionbridge import VisionBridgeProcessor
+from .modeling_visionbridge import VisionBridgeForConditionalGeneration
+
+
+def from_components(
+    vision_model: str,
+    language_model: str,
+    connector: str = "mlp2x_gelu",
+    *,
+    dtype=None,
+    torch_dtype=None,
+    attn_implementation: str | None = None,
+    trust_remote_code: bool = False,
+    image_token: str = "<image>",
+    **config_kwargs,
+) -> tuple[VisionBridgeForConditionalGeneration, VisionBridgeProcessor]:
+    """Join a vision encoder checkpoint (a CLIP/SigLIP vision or full dual-encoder checkpoint, hub id or path)
+    and a causal LM checkpoint with a new `connector`. Both keep their pretrained weights; the tokenizer gains
+    the image token and the LM's embeddings grow to match. `config_kwargs` go to `VisionBridgeConfig`."""
+    load_kwargs = {"dtype": dtype if dtype is not None else torch_dtype}
+    if attn_implementation is not None:
+        load_kwargs["attn_implementation"] = attn_implementation
+    vision_config = AutoConfig.from_pretrained(vision_model)
+    # A full CLIP/SigLIP checkpoint holds a text tower too; only its vision half is used.
+    vision_config = getattr(vision_config, "vision_config", vision_config)
+    vision_tower = AutoModel.from_pretrained(vision_model, config=vision_config, **load_kwargs)
+    llm = AutoModelForCausalLM.from_pretrained(language_model, trust_remote_code=trust_remote_code, **load_kwargs)
+
+    tokenizer = AutoTokenizer.from_pretrained(language_model, trust_remote_code=trust_remote_code)
+    if image_token not in tokenizer.get_vocab():
+        tokenizer.add_tokens([AddedToken(image_token, special=True, normalized=False)], special_tokens=True)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    if len(tokenizer) > llm.get_input_embeddings().num_embeddings:
+        llm.resize_token_embeddings(len(tokenizer))
+
+    config = VisionBridgeConfig(
+        vision_config=vision_tower.config,
+        text_config=llm.config,
+        connector=connector,
+        image_token_id=tokenizer.convert_tokens_to_ids(image_token),
+        **config_kwargs,
+    )
+    model = VisionBridgeForConditionalGeneration(config, vision_tower=vision_tower, language_model=llm)
+    image_processor = AutoImageProcessor.from_pretrained(vision_model)
+    processor = VisionBridgeProcessor(image_processor, tokenizer, chat_template=tokenizer.chat_template)
+    return model, processor.bind_config(config)

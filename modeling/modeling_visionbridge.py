@@ -1,0 +1,166 @@
+"""VisionBridgeForConditionalGeneration: vision tower -> connector -> placeholder scatter -> causal LM.
+
+The language model is kept whole (any `AutoModelForCausalLM`, with its own head, tying and loss), so every
+causal LM that transformers can build works here unchanged.
+"""
+
+import torch
+from torch import nn
+from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from ..configuration.configuration_visionbridge import VisionBridgeConfig
+from .connectors import build_connector
+from .remote_code import AUTO_MAP, write_remote_code
+from .vision_tower_layout import legacy_vision_prefix
+
+
+class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
+    config_class = VisionBridgeConfig
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = []  # transformers adds the sub-models' own no-split modules
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_flash_attn = True
+    _supports_flash_attn_2 = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    def __init__(
+        self,
+        config: VisionBridgeConfig,
+        vision_tower: PreTrainedModel | None = None,
+        language_model: PreTrainedModel | None = None,
+    ):
+        """`vision_tower` and `language_model` take already-loaded components (see `from_components`)."""
+        super().__init__(config)
+        self.vision_tower = vision_tower if vision_tower is not None else AutoModel.from_config(config.vision_config)
+        self.language_model = (
+            language_model if language_model is not None else AutoModelForCausalLM.from_config(config.text_config)
+        )
+        # One config object per part, so that resizing or retuning a part is seen by the whole model.
+        config.vision_config = self.vision_tower.config
+        config.text_config = self.language_model.config
+        self.connector = build_connector(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module | None:
+        return self.language_model.get_output_embeddings()
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_output_embeddings(value)
+
+    def resize_token_embeddings(self, *args, **kwargs) -> nn.Embedding:
+        return self.language_model.resize_token_embeddings(*args, **kwargs)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        # Non-reentrant by default: with a frozen tower and embeddings, reentrant checkpointing sees inputs that
+        # need no grad and silently drops the gradients of everything inside the checkpointed blocks.
+        super().gradient_checkpointing_enable(gradient_checkpointing_kwargs or {"use_reentrant": False})
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """pixel_values [N, 3, H, W] -> image tokens [N, image_seq_length, D_text]."""
+        outputs = self.vision_tower(pixel_values.to(self.vision_tower.dtype), output_hidden_states=True)
+        features = outputs.hidden_states[self.config.vision_feature_layer]  # [N, prefix + P, D_vision]
+        if self.config.vision_feature_select == "patch":
+            features = features[:, self.config.num_prefix_tokens :]  # [N, P, D_vision]
+        connector_dtype = next(self.connector.parameters()).dtype
+        return self.connector(features.to(connector_dtype))  # [N, S, D_text]
+
+    def _image_token_mask(self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        """[B, T] bool: where the image placeholders are."""
+        if input_ids is not None:
+            return input_ids == self.config.image_token_id
+        image_embedding = self.get_input_embeddings().weight[self.config.image_token_id]
+        return (inputs_embeds == image_embedding.to(inputs_embeds.dtype)).all(-1)
+
+    def merge_image_features(
+        self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor, image_features: torch.Tensor
+    ) -> torch.Tensor:
+        """Write image tokens [N, S, D] into the placeholder positions of inputs_embeds [B, T, D], in order."""
+        mask = self._image_token_mask(input_ids, inputs_embeds)
+        num_tokens, num_features = int(mask.sum()), image_features.shape[0] * image_features.shape[1]
+        if num_tokens != num_features:
+            raise ValueError(
+                "Image features and image tokens do not match: "
+                f"tokens: {num_tokens}, features: {num_features} "
+                f"({image_features.shape[0]} images x {image_features.shape[1]} tokens each)."
+            )
+        mask = mask.unsqueeze(-1).expand_as(inputs_embeds).to(inputs_embeds.device)  # [B, T, D]
+        return inputs_embeds.masked_scatter(mask, image_features.to(inputs_embeds.device, inputs_embeds.dtype))
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """input_ids [B, T] with `image_seq_length` placeholders per image, pixel_values [N, 3, H, W] for the N
+        images of the batch in reading order (any number per sample, none included), labels [B, T] -> logits
+        [B, T, V] and the LM loss."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)  # [B, T, D_text]
+        prefill = not isinstance(past_key_values, Cache) or past_key_values.get_seq_length() == 0
+        if pixel_values is not None:
+            image_features = self.get_image_features(pixel_values)
+            inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, image_features)
+        elif prefill and input_ids is not None and bool((input_ids == self.config.image_token_id).any()):
+            tokens = int((input_ids == self.config.image_token_id).sum())
+            raise ValueError(f"Image features and image tokens do not match: tokens: {tokens}, features: 0.")
+        if logits_to_keep:
+            kwargs["logits_to_keep"] = logits_to_keep
+        return self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            labels=labels,
+            **kwargs,
+        )
+
+    def prepare_inputs_for_generation(self, *args, pixel_values: torch.Tensor | None = None, **kwargs) -> dict:
+        model_inputs = super().prepare_inputs_for_generation(*args, **kwargs)
+        # Images are encoded once, at prefill; later steps read them from the KV cache.
+        cache = model_inputs.get("past_key_values")
+        prefill = not isinstance(cache, Cache) or cache.get_seq_length() == 0
+        model_inputs["pixel_values"] = pixel_values if prefill else None
+        return model_inputs
+
+    def canonical_state_dict(self, state_dict: dict | None = None) -> dict:
+        """The state dict under the key layout every transformers line loads.
+
+        transformers 5 flattened some vision models (CLIPVisionModel: `vision_model.embeddings` became
+        `embeddings`) and reads both layouts, while 4.x reads only the nested one; original checkpoints use it too.
+        """
+        state_dict = self.state_dict() if state_dict is None else state_dict
+        prefix = legacy_vision_prefix(self.vision_tower)
+        if prefix is None:
+            return state_dict
+        flat, nested = "vision_tower.", f"vision_tower.{prefix}."
+        return {
+            nested + key[len(flat) :] if key.startswith(flat) and not key.startswith(nested) else key: value
+            for key, value in state_dict.items()
+        }
+
+    def save_pretrained(self, save_directory, *args, state_dict: dict | None = None, **kwargs) -> None:
+        """Save weights, config and the flat remote code that loads them with only transformers and torch."""
+        self.config.auto_map = dict(AUTO_MAP)
+        self.config.architectures = [type(self).__name__]
+        super().save_pretrained(save_directory, *args, state_dict=self.canonical_state_dict(state_dict), **kwargs)
+        write_remote_code([type(self), type(self.config)], save_directory)

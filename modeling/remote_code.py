@@ -1,0 +1,62 @@
+"""Writes the flat, self-contained remote code of a saved model or processor folder.
+
+The source lives in the package folders (configuration/, modeling/, processing/) and imports across them with
+`..` imports. A Hub folder is flat and transformers resolves only single-dot imports there, so each file that a
+class needs is copied next to the weights with its relative imports rewritten to `from .<file> import`.
+Run on files that are already flat (a model loaded with trust_remote_code), the same walk copies them unchanged.
+"""
+
+import inspect
+import re
+from pathlib import Path
+
+_RELATIVE_IMPORT = re.compile(r"^(\s*from\s+)(\.+)([\w.]*)(\s+import\b)", re.MULTILINE)
+_PACKAGE_IMPORT = re.compile(r"^\s*(from|import)\s+visionbridge\b", re.MULTILINE)
+
+AUTO_MAP = {
+    "AutoConfig": "configuration_visionbridge.VisionBridgeConfig",
+    "AutoModelForImageTextToText": "modeling_visionbridge.VisionBridgeForConditionalGeneration",
+    "AutoModelForVision2Seq": "modeling_visionbridge.VisionBridgeForConditionalGeneration",
+    "AutoProcessor": "processing_visionbridge.VisionBridgeProcessor",
+}
+
+
+def _resolve(source: Path, dots: str, dotted: str) -> Path:
+    """File that `from <dots><dotted> import ...` in `source` refers to."""
+    folder = source.parent
+    for _ in range(len(dots) - 1):
+        folder = folder.parent
+    target = folder.joinpath(*dotted.split(".")).with_suffix(".py")
+    if not target.is_file():
+        raise ImportError(f"{source}: `from {dots}{dotted} import` must name a module file; {target} does not exist.")
+    return target
+
+
+def flat_sources(classes: list[type]) -> dict[str, str]:
+    """Flat file name -> rewritten source for the files defining `classes` and everything they import relatively."""
+    pending = [Path(inspect.getfile(cls)).resolve() for cls in classes]
+    origin: dict[str, Path] = {}
+    sources: dict[str, str] = {}
+    while pending:
+        path = pending.pop()
+        if path.name in origin:
+            if origin[path.name] != path:
+                raise ValueError(f"Two remote-code files share the flat name {path.name}: {origin[path.name]}, {path}")
+            continue
+        origin[path.name] = path
+        text = path.read_text()
+        if _PACKAGE_IMPORT.search(text):
+            raise ValueError(f"{path} imports visionbridge, which is not installed where remote code runs.")
+
+        def flatten(match: re.Match) -> str:
+            target = _resolve(path, match.group(2), match.group(3))
+            pending.append(target)
+            return f"{match.group(1)}.{target.stem}{match.group(4)}"
+
+        sources[path.name] = _RELATIVE_IMPORT.sub(flatten, text)
+    return sources
+
+
+def write_remote_code(classes: list[type], save_directory: str | Path) -> None:
+    for name, text in flat_sources(classes).items():
+        Path(save_directory, name).write_text(text)

@@ -1,0 +1,184 @@
+"""VisionBridgeProcessor: the vision tower's image processor plus the LLM's tokenizer.
+
+Text carries one `<image>` per image; the processor expands each to `image_seq_length` placeholder tokens, the
+number the model's config fixes for its encoder and connector. The processor reads that number (and the aspect
+ratio policy) from the config.json beside it, so it is stored once.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+from PIL import Image
+from transformers import BatchFeature, ProcessorMixin
+
+from ..configuration.configuration_visionbridge import VisionBridgeConfig
+from ..modeling.remote_code import AUTO_MAP, write_remote_code
+from .images import pad_to_square, stretch_to_square, to_rgb
+
+# LLaVA-1.5's conversation format (Vicuna v1), for language models that bring no chat template of their own.
+DEFAULT_CHAT_TEMPLATE = (
+    "{{- messages[0]['content'] if messages[0]['role'] == 'system' else 'A chat between a curious human and an "
+    "artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the human\\'s "
+    "questions.' -}}{{- ' ' -}}"
+    "{%- for message in messages if message['role'] != 'system' -%}"
+    "{%- if message['role'] == 'user' -%}{{- 'USER: ' + message['content'] + ' ' -}}"
+    "{%- else -%}{{- 'ASSISTANT: ' + message['content'] + eos_token -}}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
+)
+
+_HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "local_files_only", "revision", "subfolder")
+
+
+def _flatten_images(images) -> list:
+    if images is None:
+        return []
+    if isinstance(images, (list, tuple)):
+        return [image for item in images for image in _flatten_images(item)]
+    return [images]
+
+
+def _load_image(image) -> Image.Image:
+    if isinstance(image, (str, Path)):
+        with Image.open(image) as opened:
+            opened.load()
+            return opened
+    return image
+
+
+class VisionBridgeProcessor(ProcessorMixin):
+    attributes = ["image_processor", "tokenizer"]
+    image_processor_class = "AutoImageProcessor"
+    tokenizer_class = "AutoTokenizer"
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, image_token="<image>", **kwargs):
+        self.image_token = image_token
+        # Not saved with the processor: `bind_config` copies them from the model config.
+        self.image_seq_length: int | None = None
+        self.image_aspect_ratio = "pad"
+        super().__init__(image_processor, tokenizer, chat_template=chat_template or DEFAULT_CHAT_TEMPLATE)
+
+    @property
+    def image_token_id(self) -> int:
+        return self.tokenizer.convert_tokens_to_ids(self.image_token)
+
+    def bind_config(self, config: VisionBridgeConfig) -> "VisionBridgeProcessor":
+        """Take placeholder count and aspect-ratio policy from the model config; check the image token agrees."""
+        if self.image_token_id != config.image_token_id:
+            raise ValueError(
+                f"The tokenizer maps {self.image_token!r} to id {self.image_token_id}, "
+                f"but the model config expects image_token_id={config.image_token_id}."
+            )
+        self.image_seq_length = config.image_seq_length
+        self.image_aspect_ratio = config.image_aspect_ratio
+        return self
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "VisionBridgeProcessor":
+        processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
+        config = VisionBridgeConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+        return processor.bind_config(config)
+
+    def preprocess_images(self, images: list) -> torch.Tensor:
+        """PIL images (any mode) or paths -> pixel_values [N, 3, H, W]."""
+        images = [to_rgb(_load_image(image)) for image in images]
+        if self.image_aspect_ratio == "pad":
+            fill = tuple(int(255 * mean) for mean in self.image_processor.image_mean)
+            images = [pad_to_square(image, fill) for image in images]
+        else:
+            images = [stretch_to_square(image) for image in images]
+        return self.image_processor(images, return_tensors="pt")["pixel_values"]
+
+    def __call__(self, images=None, text=None, **kwargs) -> BatchFeature:
+        """text: a string or a list, with one `<image>` per image; images: a PIL image or path, a list of them in
+        reading order across the batch, or one list per text. Returns input_ids/attention_mask [B, T] and
+        pixel_values [N, 3, H, W]; tokenizer arguments (padding, padding_side, truncation, ...) pass through."""
+        if self.image_seq_length is None:
+            raise ValueError("The processor is not bound to a model config; call bind_config(model.config).")
+        images = _flatten_images(images)
+        data = {}
+        if text is not None:
+            texts = [text] if isinstance(text, str) else list(text)
+            counts = [sample.count(self.image_token) for sample in texts]
+            if sum(counts) != len(images):
+                raise ValueError(
+                    f"The text holds {sum(counts)} {self.image_token} placeholders (per text: {counts}) "
+                    f"but {len(images)} images were given."
+                )
+            expanded = [sample.replace(self.image_token, self.image_token * self.image_seq_length) for sample in texts]
+            kwargs.setdefault("padding", len(expanded) > 1)
+            kwargs.setdefault("return_token_type_ids", False)
+            data.update(self.tokenizer(expanded, return_tensors="pt", **kwargs))
+        if images:
+            data["pixel_values"] = self.preprocess_images(images)
+        return BatchFeature(data)
+
+    def apply_chat_template(
+        self, conversation: list[dict], add_generation_prompt: bool = False, tokenize: bool = False, **kwargs
+    ):
+        """Render chat messages whose content is a string or a list of `{"type": "text", "text": ...}` and
+        `{"type": "image"[, "image": PIL image or path]}` parts. Images become `<image>` before the text
+        (LLaVA's layout); the tokenizer's chat template renders the rest, or LLaVA-1.5's format when it has none.
+        With tokenize=True, returns the processor's output for the rendered text and the images in the messages."""
+        messages, images = [], []
+        for message in conversation:
+            content = message["content"]
+            if not isinstance(content, str):
+                parts = []
+                for part in content:
+                    if part["type"] == "image":
+                        parts.append(self.image_token)
+                        image = part.get("image", part.get("path", part.get("url")))
+                        if image is not None:
+                            images.append(image)
+                    elif part["type"] == "text":
+                        parts.append(part["text"])
+                    else:
+                        raise ValueError(f"Unsupported content part type {part['type']!r} in a {message['role']} turn.")
+                content = "\n".join(parts)
+            messages.append({**message, "content": content})
+        prompt = self.tokenizer.apply_chat_template(
+            messages, chat_template=self.chat_template, add_generation_prompt=add_generation_prompt, tokenize=False
+        )
+        if not tokenize:
+            return prompt
+        return self(images=images or None, text=prompt, add_special_tokens=False, **kwargs)
+
+    def batch_decode(self, *args, **kwargs) -> list[str]:
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    def decode(self, *args, **kwargs) -> str:
+        return self.tokenizer.decode(*args, **kwargs)
+
+    def save_pretrained(self, save_directory, **kwargs):
+        """Save the processor so that both transformers lines load it, with the flat remote code."""
+        result = super().save_pretrained(save_directory, **kwargs)
+        directory = Path(save_directory)
+        # transformers 5 folds the image processor into processor_config.json; 4.x reads preprocessor_config.json.
+        if not (directory / "preprocessor_config.json").exists():
+            self.image_processor.save_pretrained(directory)
+        _rewrite_json(directory / "processor_config.json", _processor_config_for_both_lines)
+        _rewrite_json(directory / "tokenizer_config.json", _tokenizer_config_for_both_lines)
+        write_remote_code([type(self)], directory)
+        return result
+
+
+def _rewrite_json(path: Path, edit) -> None:
+    data = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps(edit(data), indent=2, sort_keys=True) + "\n")
+
+
+def _processor_config_for_both_lines(data: dict) -> dict:
+    data = {key: value for key, value in data.items() if key not in VisionBridgeProcessor.attributes}
+    data["processor_class"] = VisionBridgeProcessor.__name__
+    data["auto_map"] = {"AutoProcessor": AUTO_MAP["AutoProcessor"]}
+    return data
+
+
+def _tokenizer_config_for_both_lines(data: dict) -> dict:
+    # transformers 5 names a generic fast tokenizer "TokenizersBackend", a class 4.x does not have.
+    if data.get("tokenizer_class") == "TokenizersBackend":
+        data["tokenizer_class"] = "PreTrainedTokenizerFast"
+    return data

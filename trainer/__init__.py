@@ -1,0 +1,1 @@
+"""Training: VisionBridgeTrainer, its arguments, data formats, collator and callbacks."""
