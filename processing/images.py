@@ -14,7 +14,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
         if image.mode == "F" and array.max() <= 1.0:
             top = 1.0
         array = np.clip(array / top * 255.0, 0, 255).astype(np.uint8)
-        return Image.fromarray(array, mode="L").convert("RGB")
+        return Image.fromarray(array).convert("RGB")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):

@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny random components written to disk and joined through `from_components`."""
+
+import os
+
+import pytest
+import torch
+from PIL import Image
+from sklearn.datasets import load_sample_images
+
+import visionbridge
+from visionbridge.modeling.tiny_components import build_tiny_components
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def components(tmp_path_factory):
+    """components(vision, language) -> (vision_path, language_path), built once per pair."""
+    built = {}
+
+    def get(vision: str = "clip", language: str = "llama") -> tuple[str, str]:
+        if (vision, language) not in built:
+            built[vision, language] = build_tiny_components(tmp_path_factory.mktemp(f"{vision}-{language}"), vision, language)
+        return built[vision, language]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def make_model(components):
+    """make_model(vision, language, connector, **config) -> (model, processor) in eval mode, seeded."""
+
+    def make(vision="clip", language="llama", connector="mlp2x_gelu", **kwargs):
+        torch.manual_seed(0)
+        model, processor = visionbridge.from_components(*components(vision, language), connector=connector, **kwargs)
+        return model.eval(), processor
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def photos() -> list[Image.Image]:
+    """The two real JPEG photos scikit-learn ships (china.jpg, flower.jpg), 427x640 RGB."""
+    return [Image.fromarray(array) for array in load_sample_images().images]
