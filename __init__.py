@@ -14,7 +14,9 @@ from .processing import VisionBridgeProcessor
 AutoConfig.register(VisionBridgeConfig.model_type, VisionBridgeConfig, exist_ok=True)
 AutoModelForImageTextToText.register(VisionBridgeConfig, VisionBridgeForConditionalGeneration, exist_ok=True)
 if hasattr(transformers, "AutoModelForVision2Seq"):  # removed in transformers 5
-    transformers.AutoModelForVision2Seq.register(VisionBridgeConfig, VisionBridgeForConditionalGeneration, exist_ok=True)
+    transformers.AutoModelForVision2Seq.register(
+        VisionBridgeConfig, VisionBridgeForConditionalGeneration, exist_ok=True
+    )
 AutoProcessor.register(VisionBridgeConfig, VisionBridgeProcessor, exist_ok=True)
 
 __version__ = "0.1.0"

@@ -1,6 +1,11 @@
 """`from_components`: a VisionBridge model and processor from a pretrained vision encoder and a pretrained causal LM."""
 
 from tokenizers import AddedToken
+
+try:
+    from transformers.initialization import no_init_weights
+except ImportError:  # transformers 4.x
+    from transformers.modeling_utils import no_init_weights
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from ..configuration.configuration_visionbridge import VisionBridgeConfig
@@ -48,7 +53,10 @@ def from_components(
         image_token_id=tokenizer.convert_tokens_to_ids(image_token),
         **config_kwargs,
     )
-    model = VisionBridgeForConditionalGeneration(config, vision_tower=vision_tower, language_model=llm)
+    # Building the composite must not re-initialise the pretrained parts; only the new connector is initialised.
+    with no_init_weights():
+        model = VisionBridgeForConditionalGeneration(config, vision_tower=vision_tower, language_model=llm)
+    model.connector.apply(model._init_weights)
     image_processor = AutoImageProcessor.from_pretrained(vision_model)
     processor = VisionBridgeProcessor(image_processor, tokenizer, chat_template=tokenizer.chat_template)
     return model, processor.bind_config(config)

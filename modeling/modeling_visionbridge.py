@@ -10,10 +10,24 @@ from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTr
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from ..configuration.configuration_visionbridge import VisionBridgeConfig
-from .connectors import build_connector
+from ..configuration.configuration_visionbridge import VisionBridgeConfig, mlp_depth
+from .connector_mlp import MLPConnector
 from .remote_code import AUTO_MAP, write_remote_code
 from .vision_tower_layout import legacy_vision_prefix
+
+
+def build_connector(config: VisionBridgeConfig) -> nn.Module:
+    """The connector named by `config.connector`: vision features [N, P, D_vision] -> [N, image_seq_length, D_text].
+
+    Each connector lives in its own file, imported here directly: transformers 4.x copies only the files that
+    the model file itself imports into a local remote-code folder.
+    """
+    vision_size, text_size = config.vision_config.hidden_size, config.text_config.hidden_size
+    if config.connector == "linear":
+        return MLPConnector(vision_size, text_size, depth=1)
+    if (depth := mlp_depth(config.connector)) is not None:
+        return MLPConnector(vision_size, text_size, depth=depth)
+    raise ValueError(f"Connector {config.connector!r} has no implementation in this version of visionbridge.")
 
 
 class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):

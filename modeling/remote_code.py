@@ -4,6 +4,8 @@ The source lives in the package folders (configuration/, modeling/, processing/)
 `..` imports. A Hub folder is flat and transformers resolves only single-dot imports there, so each file that a
 class needs is copied next to the weights with its relative imports rewritten to `from .<file> import`.
 Run on files that are already flat (a model loaded with trust_remote_code), the same walk copies them unchanged.
+transformers 4.x copies into its module cache only the files that an entry file imports itself, so every file
+reached must be imported directly by one of the entry files; a deeper chain is refused here, at save time.
 """
 
 import inspect
@@ -32,9 +34,23 @@ def _resolve(source: Path, dots: str, dotted: str) -> Path:
     return target
 
 
+def _flatten_imports(source: Path, text: str) -> tuple[str, list[Path]]:
+    """Rewrite every relative import of `source` to a flat single-dot one; also return the files imported."""
+    targets = []
+
+    def flatten(match: re.Match) -> str:
+        target = _resolve(source, match.group(2), match.group(3))
+        targets.append(target)
+        return f"{match.group(1)}.{target.stem}{match.group(4)}"
+
+    return _RELATIVE_IMPORT.sub(flatten, text), targets
+
+
 def flat_sources(classes: list[type]) -> dict[str, str]:
     """Flat file name -> rewritten source for the files defining `classes` and everything they import relatively."""
-    pending = [Path(inspect.getfile(cls)).resolve() for cls in classes]
+    entries = {Path(inspect.getfile(cls)).resolve() for cls in classes}
+    pending = list(entries)
+    direct: set[Path] = set(entries)
     origin: dict[str, Path] = {}
     sources: dict[str, str] = {}
     while pending:
@@ -48,12 +64,16 @@ def flat_sources(classes: list[type]) -> dict[str, str]:
         if _PACKAGE_IMPORT.search(text):
             raise ValueError(f"{path} imports visionbridge, which is not installed where remote code runs.")
 
-        def flatten(match: re.Match) -> str:
-            target = _resolve(path, match.group(2), match.group(3))
-            pending.append(target)
-            return f"{match.group(1)}.{target.stem}{match.group(4)}"
-
-        sources[path.name] = _RELATIVE_IMPORT.sub(flatten, text)
+        text, targets = _flatten_imports(path, text)
+        pending.extend(targets)
+        if path in entries:
+            direct.update(targets)
+        sources[path.name] = text
+    indirect = sorted(str(path) for path in origin.values() if path not in direct)
+    if indirect:
+        raise ValueError(
+            f"Remote-code files must be imported directly by {sorted(p.name for p in entries)}: {indirect}"
+        )
     return sources
 
 

@@ -84,7 +84,10 @@ def build_tiny_components(
     image_processor.save_pretrained(vision_path)
 
     tokenizer = train_tiny_tokenizer()
-    ids = {f"{name}_id": tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS[name]) for name in ("bos_token", "eos_token", "pad_token")}
+    ids = {
+        f"{name}_id": tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS[name])
+        for name in ("bos_token", "eos_token", "pad_token")
+    }
     AutoModelForCausalLM.from_config(_language_config(language, len(tokenizer), ids)).save_pretrained(language_path)
     tokenizer.save_pretrained(language_path)
     return str(vision_path), str(language_path)

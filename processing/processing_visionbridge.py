@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import torch
+import transformers
 from PIL import Image
 from transformers import BatchFeature, ProcessorMixin
 
@@ -49,8 +50,9 @@ def _load_image(image) -> Image.Image:
 
 class VisionBridgeProcessor(ProcessorMixin):
     attributes = ["image_processor", "tokenizer"]
-    image_processor_class = "AutoImageProcessor"
-    tokenizer_class = "AutoTokenizer"
+    if int(transformers.__version__.split(".")[0]) < 5:  # 5.x infers the classes from __init__
+        image_processor_class = "AutoImageProcessor"
+        tokenizer_class = "AutoTokenizer"
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, image_token="<image>", **kwargs):
         self.image_token = image_token

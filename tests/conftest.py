@@ -21,7 +21,9 @@ def components(tmp_path_factory):
 
     def get(vision: str = "clip", language: str = "llama") -> tuple[str, str]:
         if (vision, language) not in built:
-            built[vision, language] = build_tiny_components(tmp_path_factory.mktemp(f"{vision}-{language}"), vision, language)
+            built[vision, language] = build_tiny_components(
+                tmp_path_factory.mktemp(f"{vision}-{language}"), vision, language
+            )
         return built[vision, language]
 
     return get

@@ -1,0 +1,73 @@
+"""Run as a script in a fresh interpreter: load a saved VisionBridge folder through the Auto classes with
+trust_remote_code while `visionbridge` cannot be imported, and write its logits and greedy tokens.
+
+usage: remote_load_check.py FOLDER IMAGE OUT
+"""
+
+import importlib.util
+import json
+import socket
+import sys
+
+import torch
+import transformers
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+
+class _BlockVisionbridge:
+    def find_spec(self, name, path=None, target=None):
+        if name == "visionbridge" or name.startswith("visionbridge."):
+            raise ImportError(f"{name} must not be importable in this check")
+        return None
+
+
+def _no_network(*args, **kwargs):
+    raise OSError("network access attempted while loading remote code")
+
+
+def main(folder: str, image_path: str, out: str) -> None:
+    sys.meta_path.insert(0, _BlockVisionbridge())
+    socket.socket.connect = _no_network
+    try:
+        importlib.util.find_spec("visionbridge")
+        raise SystemExit("visionbridge is importable; the check would prove nothing")
+    except ImportError:
+        pass
+
+    processor = transformers.AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in the picture?"}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    inputs = processor(images=Image.open(image_path), text=prompt)
+
+    loaders = [transformers.AutoModelForImageTextToText]
+    if hasattr(transformers, "AutoModelForVision2Seq"):
+        loaders.append(transformers.AutoModelForVision2Seq)
+    results, tensors = {"transformers": transformers.__version__, "loaders": []}, {}
+    saved = load_file(f"{folder}/model.safetensors")
+    for loader in loaders:
+        model = loader.from_pretrained(folder, trust_remote_code=True).eval()
+        assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
+        state = model.canonical_state_dict()
+        differing = [key for key, tensor in saved.items() if not torch.equal(state[key], tensor)]
+        with torch.no_grad():
+            logits = model(**inputs).logits
+        tokens = model.generate(**inputs, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+        results["loaders"].append(
+            {
+                "name": loader.__name__,
+                "class": type(model).__name__,
+                "differing_tensors": differing,
+                "tokens": tokens[0, inputs["input_ids"].shape[1] :].tolist(),
+            }
+        )
+        tensors[f"logits_{loader.__name__}"] = logits.contiguous()
+    tensors["input_ids"] = inputs["input_ids"].contiguous()
+    tensors["pixel_values"] = inputs["pixel_values"].contiguous()
+    save_file(tensors, f"{out}.safetensors")
+    with open(f"{out}.json", "w") as handle:
+        json.dump(results, handle)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])

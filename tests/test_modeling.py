@@ -1,0 +1,154 @@
+import pytest
+import torch
+from PIL import Image
+
+from visionbridge import VisionBridgeForConditionalGeneration
+
+PAIRS = [(v, lm) for v in ("clip", "siglip") for lm in ("llama", "qwen2", "opt")]
+
+
+def _images(n, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return [Image.fromarray((torch.rand(32, 32, 3, generator=generator) * 255).byte().numpy()) for _ in range(n)]
+
+
+@pytest.mark.parametrize(("vision", "language"), PAIRS)
+def test_every_encoder_and_language_model_pair_runs_and_learns(make_model, vision, language):
+    model, processor = make_model(vision, language)
+    inputs = processor(images=_images(1), text="<image> What is this? A picture.")
+    labels = inputs["input_ids"].masked_fill(inputs["input_ids"] == model.config.image_token_id, -100)
+    model.train()
+    output = model(**inputs, labels=labels)
+    assert output.logits.shape[:2] == inputs["input_ids"].shape
+    assert torch.isfinite(output.loss)
+    output.loss.backward()
+    assert model.connector[0].weight.grad.abs().sum() > 0
+
+
+def test_samples_with_zero_one_and_three_images_in_one_batch(make_model):
+    model, processor = make_model()
+    texts = ["no image at all, just words", "<image> one image", "<image> a <image> b <image> c"]
+    images = _images(4)
+    batch = processor(images=[[], images[:1], images[1:]], text=texts, padding_side="right")
+    with torch.no_grad():
+        logits = model(**batch).logits
+        for row, (text, sample_images) in enumerate(zip(texts, [[], images[:1], images[1:]], strict=True)):
+            single = processor(images=sample_images or None, text=text)
+            expected = model(**single).logits[0]
+            assert torch.allclose(logits[row, : expected.shape[0]], expected, atol=1e-5)
+
+
+def test_placeholder_feature_mismatch_names_both_numbers(make_model):
+    model, processor = make_model()
+    inputs = processor(images=_images(2), text=["<image> a", "<image> b"])
+    with pytest.raises(ValueError, match="tokens: 32, features: 16"):
+        model(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"][:1])
+    with pytest.raises(ValueError, match="tokens: 32, features: 0"):
+        model(input_ids=inputs["input_ids"])
+
+
+def test_inputs_embeds_path_finds_the_placeholders(make_model):
+    model, processor = make_model()
+    inputs = processor(images=_images(1), text="<image> describe")
+    with torch.no_grad():
+        by_ids = model(**inputs).logits
+        embeds = model.get_input_embeddings()(inputs["input_ids"])
+        by_embeds = model(inputs_embeds=embeds, pixel_values=inputs["pixel_values"]).logits
+    assert torch.allclose(by_ids, by_embeds, atol=1e-6)
+
+
+@pytest.mark.parametrize("language", ["llama", "opt"])
+def test_batched_left_padded_generation_equals_one_by_one(make_model, language):
+    model, processor = make_model("clip", language)
+    texts = ["<image> short", "<image> a much longer question about <image> two pictures"]
+    images = _images(3)
+    per_text = [images[:1], images[1:]]
+    batch = processor(images=per_text, text=texts)
+    assert batch["attention_mask"][0, 0] == 0  # left padded
+    settings = dict(max_new_tokens=6, do_sample=False, min_new_tokens=6)
+    batched = model.generate(**batch, **settings)[:, batch["input_ids"].shape[1] :]
+    for row, (text, sample_images) in enumerate(zip(texts, per_text, strict=True)):
+        single = processor(images=sample_images, text=text)
+        alone = model.generate(**single, **settings)[:, single["input_ids"].shape[1] :]
+        assert batched[row].tolist() == alone[0].tolist()
+
+
+def test_vision_tower_runs_once_per_generate_call(make_model):
+    model, processor = make_model()
+    calls = []
+    handle = model.vision_tower.register_forward_hook(lambda *args: calls.append(1))
+    inputs = processor(images=_images(2), text=["<image> a", "<image> bb"])
+    model.generate(**inputs, max_new_tokens=5, min_new_tokens=5, do_sample=False)
+    handle.remove()
+    assert len(calls) == 1
+
+
+def test_gradient_checkpointing_with_frozen_tower_and_embeddings(make_model):
+    model, processor = make_model()
+    model.vision_tower.requires_grad_(False)
+    model.get_input_embeddings().requires_grad_(False)
+    model.gradient_checkpointing_enable()
+    model.train()
+    inputs = processor(images=_images(1), text="<image> caption words")
+    model(**inputs, labels=inputs["input_ids"]).loss.backward()
+    first_layer = model.language_model.model.layers[0].self_attn.q_proj.weight
+    assert first_layer.grad is not None and first_layer.grad.abs().sum() > 0
+    assert model.connector[0].weight.grad.abs().sum() > 0
+    assert model.vision_tower.get_input_embeddings().weight.grad is None
+
+
+def test_device_map_auto_loads(make_model, tmp_path):
+    model, processor = make_model()
+    model.save_pretrained(tmp_path)
+    loaded = VisionBridgeForConditionalGeneration.from_pretrained(tmp_path, device_map="auto")
+    assert loaded.device.type == "cpu"
+    inputs = processor(images=_images(1), text="<image> hi")
+    with torch.no_grad():
+        assert torch.allclose(loaded(**inputs).logits, model(**inputs).logits, atol=1e-6)
+
+
+@pytest.mark.parametrize("language", ["llama", "opt"])
+def test_resize_and_tied_weights_behave_like_transformers(make_model, language, tmp_path):
+    model, _ = make_model("clip", language)
+    tied = model.config.text_config.tie_word_embeddings
+    assert (model.get_output_embeddings().weight is model.get_input_embeddings().weight) == tied
+    old = model.get_input_embeddings().num_embeddings
+    model.resize_token_embeddings(old + 8)
+    assert model.get_input_embeddings().num_embeddings == old + 8
+    assert model.get_output_embeddings().weight.shape[0] == old + 8
+    assert model.config.text_config.vocab_size == old + 8
+    model.save_pretrained(tmp_path)
+    loaded = VisionBridgeForConditionalGeneration.from_pretrained(tmp_path)
+    assert loaded.get_input_embeddings().num_embeddings == old + 8
+    assert (loaded.get_output_embeddings().weight is loaded.get_input_embeddings().weight) == tied
+    assert torch.equal(loaded.get_output_embeddings().weight, model.get_output_embeddings().weight)
+
+
+def test_loaded_tensors_equal_the_saved_ones(make_model, tmp_path):
+    from safetensors.torch import load_file
+
+    model, _ = make_model("siglip", "qwen2")
+    model.save_pretrained(tmp_path)
+    saved = load_file(tmp_path / "model.safetensors")
+    loaded = VisionBridgeForConditionalGeneration.from_pretrained(tmp_path).canonical_state_dict()
+    assert saved and set(saved) <= set(loaded)
+    for key, tensor in saved.items():
+        assert torch.equal(loaded[key], tensor), key
+
+
+def test_from_components_keeps_the_pretrained_weights(components):
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    import visionbridge
+
+    vision_path, language_path = components("clip", "llama")
+    model, _ = visionbridge.from_components(vision_path, language_path)
+    assert 0.015 < model.connector[0].weight.std() < 0.025  # initialised as transformers does, once
+    assert not model.connector[0].bias.any()
+    vision = AutoModel.from_pretrained(vision_path).state_dict()
+    for key, tensor in vision.items():
+        assert torch.equal(model.vision_tower.state_dict()[key], tensor), key
+    language = AutoModelForCausalLM.from_pretrained(language_path).state_dict()
+    for key, tensor in language.items():
+        mine = model.language_model.state_dict()[key]
+        assert torch.equal(mine[: tensor.shape[0]], tensor), key  # the image token row is new

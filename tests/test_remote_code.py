@@ -1,0 +1,130 @@
+"""A saved folder is a complete Hub repo: it loads in a fresh interpreter where visionbridge is not importable,
+on this transformers line and on the other one (VISIONBRIDGE_OTHER_PYTHON names that interpreter; CI sets it)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from PIL import Image
+from safetensors.torch import load_file
+
+from visionbridge.modeling.remote_code import flat_sources
+
+CHECK = Path(__file__).with_name("remote_load_check.py")
+PROMPT = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in the picture?"}]}]
+
+
+def _interpreter(which: str) -> str:
+    if which == "this line":
+        return sys.executable
+    other = os.environ.get("VISIONBRIDGE_OTHER_PYTHON")
+    if not other:
+        if os.environ.get("CI"):
+            pytest.fail("CI must set VISIONBRIDGE_OTHER_PYTHON to the interpreter of the other transformers line")
+        pytest.skip("VISIONBRIDGE_OTHER_PYTHON is not set: the cross-line load is checked where it is (CI)")
+    return other
+
+
+@pytest.mark.parametrize("which", ["this line", "other line"])
+@pytest.mark.parametrize(
+    ("vision", "language", "connector"), [("clip", "llama", "mlp2x_gelu"), ("siglip", "opt", "linear")]
+)
+def test_fresh_interpreter_without_visionbridge_loads_the_same_model(
+    make_model, photos, tmp_path, which, vision, language, connector
+):
+    python = _interpreter(which)
+    model, processor = make_model(vision, language, connector)
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    photo = tmp_path / "photo.jpg"
+    photos[0].save(photo)
+
+    inputs = processor(images=Image.open(photo), text=processor.apply_chat_template(PROMPT, add_generation_prompt=True))
+    with torch.no_grad():
+        expected_logits = model(**inputs).logits
+    expected_tokens = model.generate(**inputs, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    expected_tokens = expected_tokens[0, inputs["input_ids"].shape[1] :].tolist()
+
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HOME=str(tmp_path / "hf"))
+    run = subprocess.run(
+        [python, str(CHECK), str(folder), str(photo), str(tmp_path / "out")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads((tmp_path / "out.json").read_text())
+    tensors = load_file(tmp_path / "out.safetensors")
+    same_line = report["transformers"] == transformers.__version__
+    assert same_line == (which == "this line")
+
+    assert torch.equal(tensors["input_ids"], inputs["input_ids"])
+    assert torch.allclose(tensors["pixel_values"], inputs["pixel_values"], atol=1e-5)
+    loaders = {entry["name"] for entry in report["loaders"]}
+    assert "AutoModelForImageTextToText" in loaders
+    assert ("AutoModelForVision2Seq" in loaders) == report["transformers"].startswith("4.")
+    for entry in report["loaders"]:
+        assert entry["class"] == "VisionBridgeForConditionalGeneration"
+        assert entry["differing_tensors"] == []
+        assert entry["tokens"] == expected_tokens
+        logits = tensors[f"logits_{entry['name']}"]
+        assert torch.allclose(logits, expected_logits, atol=1e-5), (logits - expected_logits).abs().max()
+
+
+def test_saved_folder_holds_flat_code_and_the_auto_map(make_model, tmp_path):
+    model, processor = make_model()
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_visionbridge.VisionBridgeConfig",
+        "AutoModelForImageTextToText": "modeling_visionbridge.VisionBridgeForConditionalGeneration",
+        "AutoModelForVision2Seq": "modeling_visionbridge.VisionBridgeForConditionalGeneration",
+        "AutoProcessor": "processing_visionbridge.VisionBridgeProcessor",
+    }
+    for name in ("configuration_visionbridge.py", "modeling_visionbridge.py", "processing_visionbridge.py"):
+        assert (tmp_path / name).is_file()
+    for path in tmp_path.glob("*.py"):
+        text = path.read_text()
+        assert "from .." not in text and "import visionbridge" not in text and "from visionbridge" not in text
+    assert not list(tmp_path.glob("*.bin")) and not list(tmp_path.glob("*.pt"))
+    assert json.loads((tmp_path / "tokenizer_config.json").read_text())["tokenizer_class"] != "TokenizersBackend"
+    assert (tmp_path / "preprocessor_config.json").is_file()
+
+
+def test_flattening_refuses_two_files_with_one_name(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "util.py").write_text("X = 1\n")
+    (tmp_path / "b" / "util.py").write_text("Y = 2\n")
+    (tmp_path / "a" / "top.py").write_text("from .util import X\nfrom ..b.util import Y\nclass Top: pass\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import importlib
+
+        (tmp_path / "__init__.py").write_text("")
+        (tmp_path / "a" / "__init__.py").write_text("")
+        (tmp_path / "b" / "__init__.py").write_text("")
+        spec = importlib.util.spec_from_file_location("a.top", tmp_path / "a" / "top.py")
+        module = importlib.util.module_from_spec(spec)
+        module.__file__ = str(tmp_path / "a" / "top.py")
+
+        class Top:
+            pass
+
+        Top.__module__ = "fake_top"
+        sys.modules["fake_top"] = module
+        with pytest.raises(ValueError, match="share the flat name util.py"):
+            flat_sources([Top])
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("fake_top", None)
