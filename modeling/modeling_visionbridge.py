@@ -75,10 +75,12 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
     def resize_token_embeddings(self, *args, **kwargs) -> nn.Embedding:
         return self.language_model.resize_token_embeddings(*args, **kwargs)
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        # Non-reentrant by default: with a frozen tower and embeddings, reentrant checkpointing sees inputs that
-        # need no grad and silently drops the gradients of everything inside the checkpointed blocks.
-        super().gradient_checkpointing_enable(gradient_checkpointing_kwargs or {"use_reentrant": False})
+    if not hasattr(PreTrainedModel, "activation_checkpointing_enable"):  # transformers 4.x
+
+        def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+            # Non-reentrant by default, as transformers 5 does: with a frozen tower and embeddings, reentrant
+            # checkpointing sees inputs that need no grad and drops the gradients of the checkpointed blocks.
+            super().gradient_checkpointing_enable(gradient_checkpointing_kwargs or {"use_reentrant": False})
 
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """pixel_values [N, 3, H, W] -> image tokens [N, image_seq_length, D_text]."""

@@ -87,7 +87,8 @@ def test_gradient_checkpointing_with_frozen_tower_and_embeddings(make_model):
     model, processor = make_model()
     model.vision_tower.requires_grad_(False)
     model.get_input_embeddings().requires_grad_(False)
-    model.gradient_checkpointing_enable()
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
     model.train()
     inputs = processor(images=_images(1), text="<image> caption words")
     model(**inputs, labels=inputs["input_ids"]).loss.backward()
@@ -152,3 +153,14 @@ def test_from_components_keeps_the_pretrained_weights(components):
     for key, tensor in language.items():
         mine = model.language_model.state_dict()[key]
         assert torch.equal(mine[: tensor.shape[0]], tensor), key  # the image token row is new
+
+
+def test_from_components_passes_dtype_and_attention_implementation(components):
+    import visionbridge
+
+    model, _ = visionbridge.from_components(
+        *components("siglip", "qwen2"), dtype=torch.bfloat16, attn_implementation="eager"
+    )
+    assert model.language_model.dtype == model.vision_tower.dtype == torch.bfloat16
+    assert model.config.text_config._attn_implementation == "eager"
+    assert model.config.vision_config._attn_implementation == "eager"
