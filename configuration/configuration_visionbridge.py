@@ -2,7 +2,7 @@
 
 import re
 
-from transformers import AutoConfig, PretrainedConfig
+from transformers import AutoConfig, Blip2QFormerConfig, PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 # Connectors that keep the encoder's patch grid (one LLM token per patch) and those that emit a fixed
@@ -13,7 +13,7 @@ CONNECTOR_NAMES = (*PATCH_CONNECTORS, *QUERY_CONNECTORS)
 _MLP_PATTERN = re.compile(r"^mlp(\d+)x_gelu$")
 
 # Encoders whose sequence starts with tokens that are not patches (a CLS token); all others start with patches.
-PREFIX_TOKENS = {"clip_vision_model": 1, "vit": 1, "dinov2": 1}
+PREFIX_TOKENS = {"clip_vision_model": 1, "blip_2_vision_model": 1, "vit": 1, "dinov2": 1}
 
 
 def mlp_depth(connector: str) -> int | None:
@@ -39,8 +39,13 @@ class VisionBridgeConfig(PretrainedConfig):
         text_config: config of any causal language model (LLaMA, Qwen2, OPT, GPT-NeoX, ...).
         connector: `"linear"`, `"mlp{N}x_gelu"`, `"qformer"` or `"resampler"`.
         num_query_tokens: learned queries of a query connector (`qformer`: 32, `resampler`: 256 by default);
-            must stay None for the patch connectors.
-        vision_feature_layer: hidden layer of the encoder whose output feeds the connector (LLaVA: -2).
+            must stay None for the patch connectors. The resampler's must be a square number (a 2-D grid).
+        qformer_config: size of the `qformer` connector's Q-Former (a `Blip2QFormerConfig` or its dict: hidden
+            size, layers, heads, `cross_attention_frequency`); its `encoder_hidden_size` is the encoder width.
+        resampler_hidden_size: width of the `resampler` connector's attention (default: the LLM width).
+        resampler_num_heads: its attention heads (default: width // 128, at least 1).
+        vision_feature_layer: hidden layer of the encoder whose output feeds the connector (LLaVA: -2); None
+            takes the encoder's own output, after its final norm where it has one (BLIP-2).
         vision_feature_select: `"patch"` drops the encoder's CLS token where it has one, `"full"` keeps it.
         image_token_id: id of the placeholder token that marks where image features go.
         image_seq_length: placeholder tokens per image; derived from the encoder and connector when not given.
@@ -48,6 +53,8 @@ class VisionBridgeConfig(PretrainedConfig):
     """
 
     model_type = "visionbridge"
+    # qformer_config is a nested config too, but only for one connector: transformers 4.x expects every entry
+    # of sub_configs to be set.
     sub_configs = {"vision_config": AutoConfig, "text_config": AutoConfig}
 
     def __init__(
@@ -56,7 +63,10 @@ class VisionBridgeConfig(PretrainedConfig):
         text_config: PretrainedConfig | dict | None = None,
         connector: str = "mlp2x_gelu",
         num_query_tokens: int | None = None,
-        vision_feature_layer: int = -2,
+        qformer_config: Blip2QFormerConfig | dict | None = None,
+        resampler_hidden_size: int | None = None,
+        resampler_num_heads: int | None = None,
+        vision_feature_layer: int | None = -2,
         vision_feature_select: str = "patch",
         image_token_id: int | None = None,
         image_seq_length: int | None = None,
@@ -74,10 +84,25 @@ class VisionBridgeConfig(PretrainedConfig):
             raise ValueError(f"num_query_tokens={num_query_tokens} is set, but connector {connector!r} has no queries.")
         if vision_feature_select not in ("patch", "full"):
             raise ValueError(f"vision_feature_select must be 'patch' or 'full', got {vision_feature_select!r}.")
+        if connector == "resampler" and vision_feature_select == "full" and self.num_prefix_tokens:
+            raise ValueError("The resampler places features on a square grid: use vision_feature_select='patch'.")
         if image_aspect_ratio not in ("pad", "resize"):
             raise ValueError(f"image_aspect_ratio must be 'pad' or 'resize', got {image_aspect_ratio!r}.")
         self.connector = connector
         self.num_query_tokens = num_query_tokens
+        self.qformer_config = self._qformer_config(qformer_config) if connector == "qformer" else None
+        if connector == "resampler":
+            if round(num_query_tokens**0.5) ** 2 != num_query_tokens:
+                raise ValueError(f"The resampler's num_query_tokens must be a square number, got {num_query_tokens}.")
+            resampler_hidden_size = resampler_hidden_size or self.text_config.hidden_size
+            resampler_num_heads = resampler_num_heads or max(1, resampler_hidden_size // 128)
+            if resampler_hidden_size % resampler_num_heads:
+                raise ValueError(
+                    f"resampler_hidden_size={resampler_hidden_size} is not divisible by "
+                    f"resampler_num_heads={resampler_num_heads}."
+                )
+        self.resampler_hidden_size = resampler_hidden_size
+        self.resampler_num_heads = resampler_num_heads
         self.vision_feature_layer = vision_feature_layer
         self.vision_feature_select = vision_feature_select
         self.image_token_id = image_token_id
@@ -91,6 +116,20 @@ class VisionBridgeConfig(PretrainedConfig):
             {key: getattr(self, key)._attn_implementation for key in self.sub_configs},
         )
         super().__init__(**kwargs)
+
+    def _qformer_config(self, value: Blip2QFormerConfig | dict | None) -> Blip2QFormerConfig:
+        if isinstance(value, dict):
+            value = {key: item for key, item in value.items() if key != "model_type"}
+            value.setdefault("encoder_hidden_size", self.vision_config.hidden_size)
+            value = Blip2QFormerConfig(**value)
+        elif value is None:
+            value = Blip2QFormerConfig(encoder_hidden_size=self.vision_config.hidden_size)
+        if value.encoder_hidden_size != self.vision_config.hidden_size:
+            raise ValueError(
+                f"qformer_config.encoder_hidden_size={value.encoder_hidden_size} must equal the vision encoder's "
+                f"hidden_size={self.vision_config.hidden_size}."
+            )
+        return value
 
     @property
     def num_prefix_tokens(self) -> int:

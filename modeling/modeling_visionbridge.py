@@ -12,6 +12,8 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ..configuration.configuration_visionbridge import VisionBridgeConfig, mlp_depth
 from .connector_mlp import MLPConnector
+from .connector_qformer import QFormerConnector
+from .connector_resampler import ResamplerConnector
 from .remote_code import AUTO_MAP, write_remote_code
 from .vision_tower_layout import legacy_vision_prefix
 
@@ -27,7 +29,21 @@ def build_connector(config: VisionBridgeConfig) -> nn.Module:
         return MLPConnector(vision_size, text_size, depth=1)
     if (depth := mlp_depth(config.connector)) is not None:
         return MLPConnector(vision_size, text_size, depth=depth)
+    if config.connector == "qformer":
+        return QFormerConnector(config.qformer_config, config.num_query_tokens, text_size)
+    if config.connector == "resampler":
+        return ResamplerConnector(
+            config.num_query_tokens, config.resampler_hidden_size, config.resampler_num_heads, vision_size, text_size
+        )
     raise ValueError(f"Connector {config.connector!r} has no implementation in this version of visionbridge.")
+
+
+def _normal_(tensor: torch.Tensor, std: float) -> None:
+    try:  # transformers 5 skips tensors that were loaded from a checkpoint
+        from transformers.initialization import normal_
+    except ImportError:
+        normal_ = nn.init.normal_
+    normal_(tensor, mean=0.0, std=std)
 
 
 class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
@@ -58,7 +74,17 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
         config.vision_config = self.vision_tower.config
         config.text_config = self.language_model.config
         self.connector = build_connector(config)
+        if config.connector == "qformer":
+            config.qformer_config = self.connector.qformer.config
         self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        # The learned queries are bare parameters, which the generic initialisation does not see.
+        if isinstance(module, QFormerConnector):
+            _normal_(module.query_tokens, std=self.config.initializer_range)
+        elif isinstance(module, ResamplerConnector):
+            _normal_(module.query, std=self.config.initializer_range)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()
@@ -84,8 +110,14 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
 
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """pixel_values [N, 3, H, W] -> image tokens [N, image_seq_length, D_text]."""
-        outputs = self.vision_tower(pixel_values.to(self.vision_tower.dtype), output_hidden_states=True)
-        features = outputs.hidden_states[self.config.vision_feature_layer]  # [N, prefix + P, D_vision]
+        kwargs = {}
+        if pixel_values.shape[-1] != self.config.vision_config.image_size:
+            kwargs["interpolate_pos_encoding"] = True  # another resolution than the encoder was trained at
+        layer = self.config.vision_feature_layer
+        outputs = self.vision_tower(
+            pixel_values.to(self.vision_tower.dtype), output_hidden_states=layer is not None, **kwargs
+        )
+        features = outputs.last_hidden_state if layer is None else outputs.hidden_states[layer]  # [N, prefix+P, D_v]
         if self.config.vision_feature_select == "patch":
             features = features[:, self.config.num_prefix_tokens :]  # [N, P, D_vision]
         connector_dtype = next(self.connector.parameters()).dtype

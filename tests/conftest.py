@@ -29,12 +29,28 @@ def components(tmp_path_factory):
     return get
 
 
+# Query connectors at test size: a 2-layer Q-Former of width 32, a 3x3 resampler grid.
+TINY_CONNECTOR_SETTINGS = {
+    "qformer": {
+        "num_query_tokens": 8,
+        "qformer_config": {
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "intermediate_size": 64,
+        },
+    },
+    "resampler": {"num_query_tokens": 9, "resampler_num_heads": 4},
+}
+
+
 @pytest.fixture(scope="session")
 def make_model(components):
     """make_model(vision, language, connector, **config) -> (model, processor) in eval mode, seeded."""
 
     def make(vision="clip", language="llama", connector="mlp2x_gelu", **kwargs):
         torch.manual_seed(0)
+        kwargs = {**TINY_CONNECTOR_SETTINGS.get(connector, {}), **kwargs}
         model, processor = visionbridge.from_components(*components(vision, language), connector=connector, **kwargs)
         return model.eval(), processor
 

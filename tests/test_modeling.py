@@ -125,10 +125,11 @@ def test_resize_and_tied_weights_behave_like_transformers(make_model, language, 
     assert torch.equal(loaded.get_output_embeddings().weight, model.get_output_embeddings().weight)
 
 
-def test_loaded_tensors_equal_the_saved_ones(make_model, tmp_path):
+@pytest.mark.parametrize("connector", ["mlp2x_gelu", "qformer", "resampler"])
+def test_loaded_tensors_equal_the_saved_ones(make_model, tmp_path, connector):
     from safetensors.torch import load_file
 
-    model, _ = make_model("siglip", "qwen2")
+    model, _ = make_model("siglip", "qwen2", connector)
     model.save_pretrained(tmp_path)
     saved = load_file(tmp_path / "model.safetensors")
     loaded = VisionBridgeForConditionalGeneration.from_pretrained(tmp_path).canonical_state_dict()

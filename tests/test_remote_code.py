@@ -32,7 +32,13 @@ def _interpreter(which: str) -> str:
 
 @pytest.mark.parametrize("which", ["this line", "other line"])
 @pytest.mark.parametrize(
-    ("vision", "language", "connector"), [("clip", "llama", "mlp2x_gelu"), ("siglip", "opt", "linear")]
+    ("vision", "language", "connector"),
+    [
+        ("clip", "llama", "mlp2x_gelu"),
+        ("siglip", "opt", "linear"),
+        ("clip", "opt", "qformer"),
+        ("siglip", "qwen2", "resampler"),
+    ],
 )
 def test_fresh_interpreter_without_visionbridge_loads_the_same_model(
     make_model, photos, tmp_path, which, vision, language, connector
