@@ -8,7 +8,7 @@ import transformers
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
 from .configuration import CONNECTOR_NAMES, VisionBridgeConfig
-from .modeling import VisionBridgeForConditionalGeneration, from_components
+from .modeling import VisionBridgeForConditionalGeneration, from_blip2, from_components, from_llava
 from .processing import VisionBridgeProcessor
 
 AutoConfig.register(VisionBridgeConfig.model_type, VisionBridgeConfig, exist_ok=True)
@@ -25,5 +25,7 @@ __all__ = [
     "VisionBridgeConfig",
     "VisionBridgeForConditionalGeneration",
     "VisionBridgeProcessor",
+    "from_blip2",
     "from_components",
+    "from_llava",
 ]

@@ -2,7 +2,7 @@
 
 import re
 
-from transformers import AutoConfig, Blip2QFormerConfig, PretrainedConfig
+from transformers import AutoConfig, Blip2QFormerConfig, Blip2VisionConfig, PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 # Connectors that keep the encoder's patch grid (one LLM token per patch) and those that emit a fixed
@@ -27,7 +27,10 @@ def _as_config(value: PretrainedConfig | dict | None, default_type: str) -> Pret
         return CONFIG_MAPPING[default_type]()
     if isinstance(value, dict):
         value = dict(value)
-        return CONFIG_MAPPING[value.pop("model_type", default_type)](**value)
+        model_type = value.pop("model_type", default_type)
+        # transformers 4.x does not register BLIP-2's vision config under its model type.
+        config_class = Blip2VisionConfig if model_type == Blip2VisionConfig.model_type else CONFIG_MAPPING[model_type]
+        return config_class(**value)
     return value
 
 

@@ -1,16 +1,12 @@
 """`from_components`: a VisionBridge model and processor from a pretrained vision encoder and a pretrained causal LM."""
 
 from tokenizers import AddedToken
-
-try:
-    from transformers.initialization import no_init_weights
-except ImportError:  # transformers 4.x
-    from transformers.modeling_utils import no_init_weights
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from ..configuration.configuration_visionbridge import VisionBridgeConfig
 from ..processing.processing_visionbridge import VisionBridgeProcessor
 from .modeling_visionbridge import VisionBridgeForConditionalGeneration
+from .no_init import no_init_weights
 
 
 def from_components(

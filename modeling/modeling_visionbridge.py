@@ -6,7 +6,7 @@ causal LM that transformers can build works here unchanged.
 
 import torch
 from torch import nn
-from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
@@ -15,7 +15,7 @@ from .connector_mlp import MLPConnector
 from .connector_qformer import QFormerConnector
 from .connector_resampler import ResamplerConnector
 from .remote_code import AUTO_MAP, write_remote_code
-from .vision_tower_layout import legacy_vision_prefix
+from .vision_tower import legacy_vision_prefix, vision_tower_from_config
 
 
 def build_connector(config: VisionBridgeConfig) -> nn.Module:
@@ -66,7 +66,7 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
     ):
         """`vision_tower` and `language_model` take already-loaded components (see `from_components`)."""
         super().__init__(config)
-        self.vision_tower = vision_tower if vision_tower is not None else AutoModel.from_config(config.vision_config)
+        self.vision_tower = vision_tower if vision_tower is not None else vision_tower_from_config(config.vision_config)
         self.language_model = (
             language_model if language_model is not None else AutoModelForCausalLM.from_config(config.text_config)
         )

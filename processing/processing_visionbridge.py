@@ -6,6 +6,7 @@ ratio policy) from the config.json beside it, so it is stored once.
 """
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -29,6 +30,8 @@ DEFAULT_CHAT_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
 )
 
+# A chat template that looks at a content part's type renders image parts itself.
+_READS_CONTENT_PARTS = re.compile(r"""\[\s*['"]type['"]\s*\]|\.type\b""")
 _HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "local_files_only", "revision", "subfolder")
 
 
@@ -121,32 +124,36 @@ class VisionBridgeProcessor(ProcessorMixin):
         self, conversation: list[dict], add_generation_prompt: bool = False, tokenize: bool = False, **kwargs
     ):
         """Render chat messages whose content is a string or a list of `{"type": "text", "text": ...}` and
-        `{"type": "image"[, "image": PIL image or path]}` parts. Images become `<image>` before the text
-        (LLaVA's layout); the tokenizer's chat template renders the rest, or LLaVA-1.5's format when it has none.
-        With tokenize=True, returns the processor's output for the rendered text and the images in the messages."""
-        messages, images = [], []
-        for message in conversation:
-            content = message["content"]
-            if not isinstance(content, str):
-                parts = []
-                for part in content:
-                    if part["type"] == "image":
-                        parts.append(self.image_token)
-                        image = part.get("image", part.get("path", part.get("url")))
-                        if image is not None:
-                            images.append(image)
-                    elif part["type"] == "text":
-                        parts.append(part["text"])
-                    else:
-                        raise ValueError(f"Unsupported content part type {part['type']!r} in a {message['role']} turn.")
-                content = "\n".join(parts)
-            messages.append({**message, "content": content})
+        `{"type": "image"[, "image": PIL image or path]}` parts. A template written for such parts (llava-hf's)
+        gets them as they are; a text-only one (an LLM's own, or LLaVA-1.5's format when the LLM has none) gets
+        each image as `<image>` before the text, as LLaVA lays it out. With tokenize=True, returns the
+        processor's output for the rendered text and the images found in the messages."""
+        images = [
+            part.get("image", part.get("path", part.get("url")))
+            for message in conversation
+            if not isinstance(message["content"], str)
+            for part in message["content"]
+            if part["type"] == "image"
+        ]
+        if not _READS_CONTENT_PARTS.search(self.chat_template):
+            conversation = [{**message, "content": self._as_text(message)} for message in conversation]
         prompt = self.tokenizer.apply_chat_template(
-            messages, chat_template=self.chat_template, add_generation_prompt=add_generation_prompt, tokenize=False
+            conversation, chat_template=self.chat_template, add_generation_prompt=add_generation_prompt, tokenize=False
         )
         if not tokenize:
             return prompt
+        images = [image for image in images if image is not None]
         return self(images=images or None, text=prompt, add_special_tokens=False, **kwargs)
+
+    def _as_text(self, message: dict) -> str:
+        if isinstance(message["content"], str):
+            return message["content"]
+        parts = []
+        for part in message["content"]:
+            if part["type"] not in ("image", "text"):
+                raise ValueError(f"Unsupported content part type {part['type']!r} in a {message['role']} turn.")
+            parts.append(self.image_token if part["type"] == "image" else part["text"])
+        return "\n".join(parts)
 
     def batch_decode(self, *args, **kwargs) -> list[str]:
         return self.tokenizer.batch_decode(*args, **kwargs)

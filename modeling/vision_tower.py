@@ -1,6 +1,14 @@
-"""Which prefix a vision tower's weights had before transformers 5 flattened the model class."""
+"""Building a vision tower from its config, and the key layout its weights are saved under."""
 
 from torch import nn
+from transformers import AutoModel, Blip2VisionConfig, Blip2VisionModel, PretrainedConfig, PreTrainedModel
+
+
+def vision_tower_from_config(config: PretrainedConfig) -> PreTrainedModel:
+    """A randomly initialised encoder for `config`; BLIP-2's vision config is not in AutoModel's mapping."""
+    if isinstance(config, Blip2VisionConfig):
+        return Blip2VisionModel._from_config(config)
+    return AutoModel.from_config(config)
 
 
 def legacy_vision_prefix(vision_tower: nn.Module) -> str | None:
