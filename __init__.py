@@ -10,6 +10,7 @@ from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 from .configuration import CONNECTOR_NAMES, VisionBridgeConfig
 from .modeling import VisionBridgeForConditionalGeneration, from_blip2, from_components, from_llava
 from .processing import VisionBridgeProcessor
+from .trainer import VisionBridgeTrainer, VisionBridgeTrainingArguments, load_training_data
 
 AutoConfig.register(VisionBridgeConfig.model_type, VisionBridgeConfig, exist_ok=True)
 AutoModelForImageTextToText.register(VisionBridgeConfig, VisionBridgeForConditionalGeneration, exist_ok=True)
@@ -25,7 +26,10 @@ __all__ = [
     "VisionBridgeConfig",
     "VisionBridgeForConditionalGeneration",
     "VisionBridgeProcessor",
+    "VisionBridgeTrainer",
+    "VisionBridgeTrainingArguments",
     "from_blip2",
     "from_components",
     "from_llava",
+    "load_training_data",
 ]

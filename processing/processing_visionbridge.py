@@ -68,6 +68,12 @@ class VisionBridgeProcessor(ProcessorMixin):
     def image_token_id(self) -> int:
         return self.tokenizer.convert_tokens_to_ids(self.image_token)
 
+    @property
+    def tokenizer_adds_special_tokens(self) -> bool:
+        """Whether a rendered chat is tokenized with the tokenizer's special tokens (its BOS): yes, unless the
+        chat template writes `bos_token` itself. Training and inference both follow this one rule."""
+        return "bos_token" not in self.chat_template
+
     def bind_config(self, config: VisionBridgeConfig) -> "VisionBridgeProcessor":
         """Take placeholder count and aspect-ratio policy from the model config; check the image token agrees."""
         if self.image_token_id != config.image_token_id:
@@ -143,7 +149,7 @@ class VisionBridgeProcessor(ProcessorMixin):
         if not tokenize:
             return prompt
         images = [image for image in images if image is not None]
-        return self(images=images or None, text=prompt, add_special_tokens=False, **kwargs)
+        return self(images=images or None, text=prompt, add_special_tokens=self.tokenizer_adds_special_tokens, **kwargs)
 
     def _as_text(self, message: dict) -> str:
         if isinstance(message["content"], str):

@@ -61,3 +61,24 @@ def make_model(components):
 def photos() -> list[Image.Image]:
     """The two real JPEG photos scikit-learn ships (china.jpg, flower.jpg), 427x640 RGB."""
     return [Image.fromarray(array) for array in load_sample_images().images]
+
+
+@pytest.fixture(scope="session")
+def digit_samples() -> list[dict]:
+    """Chat samples on scikit-learn's real handwritten digits: "What digit is this?" -> "It is N."."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    samples = []
+    for pixels, label in zip(digits.images[:64], digits.target[:64], strict=True):
+        image = Image.fromarray((pixels * 255 / 16).astype("uint8")).resize((32, 32))
+        samples.append(
+            {
+                "messages": [
+                    {"role": "user", "content": "<image>\nWhat digit is this?"},
+                    {"role": "assistant", "content": f"It is {label}."},
+                ],
+                "images": [image],
+            }
+        )
+    return samples

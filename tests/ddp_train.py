@@ -1,0 +1,59 @@
+"""Run under torchrun: a short VisionBridgeTrainer run on CPU with the gloo backend; rank 0 writes the first and
+last logged loss to OUT/losses.txt.
+
+usage: torchrun --nproc_per_node 2 ddp_train.py OUT
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+from PIL import Image
+from sklearn.datasets import load_digits
+
+import visionbridge
+from visionbridge.modeling.tiny_components import build_tiny_components
+from visionbridge.trainer import VisionBridgeTrainer, VisionBridgeTrainingArguments
+
+
+def main(out: str) -> None:
+    rank = int(os.environ["RANK"])
+    components = Path(out) / f"components-{rank}"  # each rank builds the same seeded components
+    torch.manual_seed(0)
+    model, processor = visionbridge.from_components(*build_tiny_components(components))
+    digits = load_digits()
+    samples = [
+        {
+            "messages": [
+                {"role": "user", "content": "<image>\nWhat digit is this?"},
+                {"role": "assistant", "content": f"It is {label}."},
+            ],
+            "images": [Image.fromarray((pixels * 255 / 16).astype("uint8")).resize((32, 32))],
+        }
+        for pixels, label in zip(digits.images[:32], digits.target[:32], strict=True)
+    ]
+    args = VisionBridgeTrainingArguments(
+        output_dir=str(Path(out) / "run"),
+        per_device_train_batch_size=4,
+        learning_rate=2e-3,
+        connector_lr=5e-3,
+        max_steps=8,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        ddp_backend="gloo",
+        disable_tqdm=True,
+        seed=0,
+    )
+    trainer = VisionBridgeTrainer(model=model, args=args, train_dataset=samples, processing_class=processor)
+    trainer.train()
+    if trainer.is_world_process_zero():
+        assert trainer.args.world_size == 2, trainer.args.world_size
+        losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+        (Path(out) / "losses.txt").write_text(f"{losses[0]} {losses[-1]}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

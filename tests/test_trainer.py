@@ -1,0 +1,245 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForImageTextToText, HfArgumentParser
+
+from visionbridge.trainer import SampleAnswersCallback, VisionBridgeTrainer, VisionBridgeTrainingArguments
+from visionbridge.trainer.lora import part_of
+
+
+def _args(tmp_path, **kwargs) -> VisionBridgeTrainingArguments:
+    settings = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        connector_lr=3e-3,
+        max_steps=4,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+    )
+    return VisionBridgeTrainingArguments(**{**settings, **kwargs})
+
+
+def _trainer(make_model, digit_samples, tmp_path, model_kwargs=None, **kwargs):
+    model, processor = make_model(**(model_kwargs or {}))
+    return VisionBridgeTrainer(
+        model=model, args=_args(tmp_path, **kwargs), train_dataset=digit_samples[:16], processing_class=processor
+    )
+
+
+@pytest.mark.parametrize(
+    ("stage", "extra", "trained_parts"),
+    [
+        ("align", {}, {"connector"}),
+        ("instruct", {}, {"connector", "language_model"}),
+        ("full", {}, {"connector", "language_model"}),
+        ("instruct", {"lora_vision": True, "vision_lr": 5e-4}, {"connector", "language_model", "vision_tower"}),
+    ],
+)
+def test_optimizer_groups_hold_exactly_the_trainable_tensors(
+    make_model, digit_samples, tmp_path, stage, extra, trained_parts
+):
+    trainer = _trainer(make_model, digit_samples, tmp_path, stage=stage, **extra)
+    optimizer = trainer.create_optimizer()
+    grouped = [id(p) for group in optimizer.param_groups for p in group["params"]]
+    trainable = {id(p): name for name, p in trainer.model.named_parameters() if p.requires_grad}
+    assert len(grouped) == len(set(grouped)), "a tensor sits in two groups"
+    assert set(grouped) == set(trainable)
+    assert {part_of(name) for name in trainable.values()} == trained_parts
+    expected_lr = {"connector": 3e-3, "language_model": 1e-3, "vision_tower": extra.get("vision_lr", 1e-3)}
+    for group in optimizer.param_groups:
+        part = group["name"].split(" ")[0]
+        assert group["lr"] == expected_lr[part]
+        assert group["weight_decay"] == (0.0 if "no decay" in group["name"] else trainer.args.weight_decay)
+        names = [trainable[id(p)] for p in group["params"]]
+        assert all(part_of(name) == part for name in names)
+        if "no decay" not in group["name"]:
+            assert not any(name.endswith("bias") or "norm" in name for name in names)
+    if stage == "instruct":
+        assert all("lora_" in name or part_of(name) != "language_model" for name in trainable.values())
+    if stage == "full":
+        assert any("lora_" not in name and part_of(name) == "language_model" for name in trainable.values())
+
+
+def test_suffix_targets_reach_only_the_llm_unless_lora_vision(make_model, digit_samples, tmp_path):
+    trainer = _trainer(make_model, digit_samples, tmp_path, lora_target_modules="q_proj,v_proj")
+    names = [name for name, _ in trainer.model.named_parameters() if "lora_" in name]
+    assert names and all(part_of(name) == "language_model" for name in names)  # CLIP has q_proj/v_proj too
+    assert all(".q_proj." in name or ".v_proj." in name for name in names)
+    with_vision = _trainer(make_model, digit_samples, tmp_path, lora_target_modules="q_proj", lora_vision=True)
+    parts = {part_of(name) for name, _ in with_vision.model.named_parameters() if "lora_" in name}
+    assert parts == {"language_model", "vision_tower"}
+    # LLaVA reads layer -2: the last encoder layer never reaches the features, so it carries no adapter.
+    assert not any("layers.1." in n for n, _ in with_vision.model.named_parameters() if "lora_" in n and "vision" in n)
+
+
+def test_adapters_in_a_frozen_part_are_refused(make_model, digit_samples, tmp_path):
+    from visionbridge.trainer.lora import check_adapters
+
+    trainer = _trainer(make_model, digit_samples, tmp_path, lora_vision=True, lora_target_modules="q_proj")
+    with pytest.raises(ValueError, match="keeps frozen"):
+        check_adapters(trainer.model, _args(tmp_path, lora_vision=False))
+
+
+def test_training_lowers_the_loss_and_the_adapter_restores_the_trained_model(make_model, digit_samples, tmp_path):
+    model, processor = make_model()
+    base_dir = tmp_path / "base"
+    model.save_pretrained(base_dir)
+    processor.save_pretrained(base_dir)
+    trainer = VisionBridgeTrainer(
+        model=model, args=_args(tmp_path, max_steps=12), train_dataset=digit_samples[:16], processing_class=processor
+    )
+    result = trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert losses[-1] < losses[0]
+    assert 0 < trainer.state.log_history[0]["supervised_share"] < 1
+    assert result.metrics["dropped_samples"] == 0
+    adapter_dir = tmp_path / "adapter"
+    trainer.save_model(adapter_dir)
+    assert (adapter_dir / "adapter_model.safetensors").is_file()
+
+    batch = trainer.data_collator(digit_samples[16:20])
+    batch.pop("labels")
+    trainer.model.eval()
+    with torch.no_grad():
+        expected = trainer.model(**batch).logits
+    base = AutoModelForImageTextToText.from_pretrained(base_dir, trust_remote_code=True)
+    restored = PeftModel.from_pretrained(base, adapter_dir).eval()
+    with torch.no_grad():
+        assert torch.allclose(restored(**batch).logits, expected, atol=1e-5)
+
+    merged = restored.merge_and_unload()
+    merged.save_pretrained(tmp_path / "merged")
+    assert (tmp_path / "merged" / "modeling_visionbridge.py").is_file()
+    reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path / "merged", trust_remote_code=True).eval()
+    with torch.no_grad():
+        assert torch.allclose(reloaded(**batch).logits, expected, atol=1e-4)
+
+
+def test_resume_gives_the_same_loss_curve_and_groups(make_model, digit_samples, tmp_path):
+    settings = dict(max_steps=6, save_strategy="steps", save_steps=3, per_device_train_batch_size=2)
+    full = _trainer(make_model, digit_samples, tmp_path, **settings)
+    full.train()
+    full_losses = [entry["loss"] for entry in full.state.log_history if "loss" in entry]
+
+    resumed = _trainer(make_model, digit_samples, tmp_path, **settings)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-3"))
+    resumed_losses = [entry["loss"] for entry in resumed.state.log_history if "loss" in entry]
+    assert resumed_losses[-3:] == pytest.approx(full_losses[-3:], abs=1e-5)
+    names = lambda trainer: [(g["name"], g["lr"]) for g in trainer.optimizer.param_groups]  # noqa: E731
+    assert [name for name, _ in names(resumed)] == [name for name, _ in names(full)]
+
+
+def test_gradient_checkpointing_with_frozen_embeddings_trains(make_model, digit_samples, tmp_path):
+    trainer = _trainer(make_model, digit_samples, tmp_path, gradient_checkpointing=True, max_steps=3)
+    trainer.train()  # the first-step gradient check would stop a run whose LoRA got no gradient
+    assert trainer.state.global_step == 3
+
+
+def test_a_trainable_tensor_without_gradient_stops_training(make_model, digit_samples, tmp_path):
+    trainer = _trainer(make_model, digit_samples, tmp_path, stage="full")
+    # LLaVA's layer -2 is read, so the tower's final norm never reaches the loss.
+    post_layernorm = [p for n, p in trainer.model.named_parameters() if "post_layernorm" in n]
+    assert post_layernorm and not any(p.requires_grad for p in post_layernorm)
+    post_layernorm[0].requires_grad_(True)
+    with pytest.raises(RuntimeError, match="post_layernorm"):
+        trainer.train()
+
+
+def test_nan_loss_stops_with_the_step_number(make_model, digit_samples, tmp_path):
+    trainer = _trainer(make_model, digit_samples, tmp_path, stage="align")
+    with torch.no_grad():
+        trainer.model.connector[0].weight.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="at step 1"):
+        trainer.train()
+
+
+def test_deepspeed_optimizer_block_is_refused(make_model, digit_samples, tmp_path):
+    model, processor = make_model()
+    args = _args(tmp_path)
+    args.deepspeed = {"optimizer": {"type": "AdamW", "params": {"lr": 1e-4}}, "zero_optimization": {"stage": 2}}
+    with pytest.raises(ValueError, match="per-part learning rates"):
+        VisionBridgeTrainer(model=model, args=args, train_dataset=digit_samples, processing_class=processor)
+
+
+def test_qlora_without_cuda_is_a_clear_error(make_model, digit_samples, tmp_path):
+    with pytest.raises(ValueError, match="CUDA GPU"):
+        _trainer(make_model, digit_samples, tmp_path, use_qlora=True)
+
+
+def test_connector_stays_fp32_when_the_model_is_bf16(make_model, digit_samples, tmp_path):
+    trainer = _trainer(make_model, digit_samples, tmp_path, model_kwargs={"dtype": torch.bfloat16}, max_steps=2)
+    connector = [p for n, p in trainer.model.named_parameters() if part_of(n) == "connector" and p.requires_grad]
+    assert connector and all(p.dtype == torch.float32 for p in connector)
+    assert trainer.model.get_base_model().language_model.dtype == torch.bfloat16
+    trainer.train()
+    assert torch.isfinite(torch.tensor(trainer.state.log_history[-1]["train_loss"]))
+
+
+def test_every_argument_parses_from_the_command_line(tmp_path):
+    (args,) = HfArgumentParser(VisionBridgeTrainingArguments).parse_args_into_dataclasses(
+        [
+            "--output_dir",
+            str(tmp_path),
+            "--stage",
+            "align",
+            "--connector_lr",
+            "1e-4",
+            "--vision_lr",
+            "2e-5",
+            "--lora_r",
+            "8",
+            "--lora_alpha",
+            "16",
+            "--lora_dropout",
+            "0.1",
+            "--lora_target_modules",
+            "c_attn|w1|w2",
+            "--lora_vision",
+            "--freeze_vision_tower",
+            "false",
+            "--use_cpu",
+            "--model_max_length",
+            "512",
+        ]
+    )
+    assert (args.stage, args.connector_lr, args.vision_lr, args.lora_r) == ("align", 1e-4, 2e-5, 8)
+    assert args.lora_vision and not args.freeze_vision_tower and args.freeze_language_model
+    assert args.lora_target_modules == "c_attn|w1|w2" and args.model_max_length == 512
+    if "activation_checkpointing_kwargs" not in VisionBridgeTrainingArguments.__dataclass_fields__:  # 4.x
+        assert args.gradient_checkpointing_kwargs == {"use_reentrant": False}
+
+
+def test_sample_answers_are_generated_during_training(make_model, digit_samples, tmp_path):
+    trainer = _trainer(make_model, digit_samples, tmp_path, max_steps=4)
+    callback = SampleAnswersCallback(
+        trainer.processing_class,
+        [(digit_samples[0]["images"][0], "What digit is this?")],
+        every_n_steps=2,
+        max_new_tokens=4,
+    )
+    trainer.add_callback(callback)
+    trainer.train()
+    assert [step for step, _, _ in callback.history] == [2, 4]
+    assert all(isinstance(answer, str) for _, _, answer in callback.history)
+
+
+def test_two_process_cpu_run_under_torchrun(tmp_path):
+    script = Path(__file__).with_name("ddp_train.py")
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    first, last = (float(x) for x in (tmp_path / "losses.txt").read_text().split())
+    assert last < first

@@ -1,0 +1,61 @@
+"""Callbacks of VisionBridgeTrainer: the first-step gradient check and sample answers during training."""
+
+from PIL import Image
+from torch import nn
+from transformers import TrainerCallback
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+
+class GradientCheck(TrainerCallback):
+    """Before the first optimizer step, every trainable tensor must hold a gradient, and a non-zero one.
+
+    A LoRA `lora_A` matrix is exempt from the non-zero part: `lora_B` starts at zero, so the gradient reaching
+    `lora_A` is exactly zero until `lora_B` has moved once.
+    """
+
+    def on_pre_optimizer_step(self, args, state, control, model: nn.Module | None = None, **kwargs):
+        if state.global_step != 0 or model is None:
+            return
+        missing, zero = [], []
+        for name, parameter in model.named_parameters():
+            if not parameter.requires_grad:
+                continue
+            if parameter.grad is None:
+                missing.append(name)
+            elif "lora_A" not in name and not parameter.grad.any():
+                zero.append(name)
+        if missing or zero:
+            raise RuntimeError(
+                "After the first step these trainable tensors got no gradient, so they would never train: "
+                f"{missing[:8]}{' ...' if len(missing) > 8 else ''}; these got an all-zero gradient: "
+                f"{zero[:8]}{' ...' if len(zero) > 8 else ''}. Freeze them, or check that they reach the loss."
+            )
+
+
+class SampleAnswersCallback(TrainerCallback):
+    """Generate answers to fixed (image, question) pairs every `every_n_steps` steps and log them, as xtuner's
+    evaluation_inputs do. `history` keeps (step, question, answer) for every answer given."""
+
+    def __init__(self, processor, samples: list[tuple[Image.Image, str]], every_n_steps: int, max_new_tokens: int = 32):
+        self.processor = processor
+        self.samples = samples
+        self.every_n_steps = every_n_steps
+        self.max_new_tokens = max_new_tokens
+        self.history: list[tuple[int, str, str]] = []
+
+    def on_step_end(self, args, state, control, model: nn.Module | None = None, **kwargs):
+        if state.global_step % self.every_n_steps or model is None or not state.is_world_process_zero:
+            return
+        was_training = model.training
+        model.eval()
+        for image, question in self.samples:
+            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+            prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True)
+            inputs = self.processor(images=image, text=prompt).to(model.device)
+            output = model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
+            answer = self.processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+            self.history.append((state.global_step, question, answer))
+            logger.info(f"step {state.global_step} | {question} -> {answer}")
+        model.train(was_training)

@@ -1,0 +1,164 @@
+"""VisionBridgeCollator: chat samples -> input_ids, attention_mask, labels and pixel_values for the Trainer.
+
+Labels come from one tokenisation of the whole rendered conversation. Each assistant answer is located as a
+character span by rendering the conversation up to it twice (with the generation prompt, and through the answer),
+and a token is supervised iff its character offsets overlap such a span. Re-tokenising turn by turn, as LLaVA does,
+miscounts tokens wherever a merge crosses a turn boundary and then masks whole samples; offsets cannot drift.
+"""
+
+from dataclasses import dataclass, field
+
+import jinja2
+import torch
+from transformers.utils import logging
+
+from ..processing.processing_visionbridge import VisionBridgeProcessor
+
+logger = logging.get_logger(__name__)
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class VisionBridgeCollator:
+    """Collate `{"messages": [...], "images": [...]}` samples; each `<image>` in the text stands for one image.
+
+    Returns input_ids, attention_mask and labels [B, T], right-padded, and pixel_values [N, 3, H, W] for the
+    batch's images in reading order (absent when there are none). A sample longer than `model_max_length` is cut
+    from the end when the cut falls after its last image placeholder, and dropped otherwise. The counters add up
+    over calls so that a trainer can log the supervised share of tokens and the dropped samples.
+    """
+
+    processor: VisionBridgeProcessor
+    model_max_length: int | None = None
+    supervised_tokens: int = field(default=0, init=False)
+    total_tokens: int = field(default=0, init=False)  # non-pad tokens of the samples kept
+    dropped_samples: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        tokenizer = self.processor.tokenizer
+        if not tokenizer.is_fast:
+            raise ValueError(f"The collator needs character offsets, which {type(tokenizer).__name__} (slow) lacks.")
+        if tokenizer.pad_token_id is None:
+            raise ValueError("The tokenizer has no pad token; set tokenizer.pad_token before collating.")
+        if self.processor.image_seq_length is None:
+            raise ValueError("The processor is not bound to a model config; call bind_config(model.config).")
+        if self.model_max_length is not None and self.model_max_length < 1:
+            raise ValueError(f"model_max_length must be positive or None, got {self.model_max_length}.")
+
+    def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
+        sample_images = [list(sample.get("images") or []) for sample in samples]
+        # Encode every sample before counting anything, so a batch rejected for a bad sample leaves no trace.
+        encoded = [
+            self.encode(sample["messages"], len(images), index)
+            for index, (sample, images) in enumerate(zip(samples, sample_images, strict=True))
+        ]
+        rows, images = [], []
+        for index, (input_ids, labels) in enumerate(encoded):
+            kept = self._fit(input_ids, labels, index)
+            if kept is None:
+                self.dropped_samples += 1
+            else:
+                rows.append(kept)
+                images.extend(sample_images[index])
+        if not rows:
+            raise ValueError(
+                f"All {len(samples)} samples of the batch were dropped for exceeding model_max_length="
+                f"{self.model_max_length}; raise model_max_length."
+            )
+        self.total_tokens += sum(len(ids) for ids, _ in rows)
+        self.supervised_tokens += sum(int((labels != IGNORE_INDEX).sum()) for _, labels in rows)
+
+        length = max(len(ids) for ids, _ in rows)
+        batch = {
+            "input_ids": torch.full((len(rows), length), self.processor.tokenizer.pad_token_id),  # [B, T]
+            "attention_mask": torch.zeros(len(rows), length, dtype=torch.long),  # [B, T]
+            "labels": torch.full((len(rows), length), IGNORE_INDEX),  # [B, T]
+        }
+        for row, (ids, labels) in enumerate(rows):
+            batch["input_ids"][row, : len(ids)] = ids
+            batch["attention_mask"][row, : len(ids)] = 1
+            batch["labels"][row, : len(ids)] = labels
+        if images:
+            batch["pixel_values"] = self.processor.preprocess_images(images)  # [N, 3, H, W]
+        return batch
+
+    def encode(self, messages: list[dict], num_images: int, index: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """One conversation -> (input_ids [T], labels [T]) before truncation; `index` names it in errors."""
+        if not messages:
+            raise ValueError(f"Sample {index} has no messages.")
+        image_token = self.processor.image_token
+        full = self._render(messages, False, index)
+        if full.count(image_token) != num_images:
+            raise ValueError(
+                f"Sample {index}: the rendered conversation holds {full.count(image_token)} {image_token} "
+                f"placeholders but the sample has {num_images} images."
+            )
+        text = self._expand(full)
+        spans = []  # [start, end) of each assistant answer in `text`, end-of-turn marker included
+        for turn, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            if turn == 0:
+                raise ValueError(f"Sample {index}: the conversation opens with an assistant turn; nothing prompts it.")
+            prefix = self._expand(self._render(messages[:turn], True, index))
+            through = self._expand(self._render(messages[: turn + 1], False, index))
+            if not (text.startswith(prefix) and text.startswith(through)):
+                raise ValueError(
+                    f"Sample {index}: the chat template is not prefix-consistent at message {turn}: rendering the "
+                    "messages before it (with the generation prompt) or through it does not give a prefix of the "
+                    "whole conversation, so its answer cannot be located."
+                )
+            spans.append((len(prefix), len(through)))
+
+        # Special tokens as processor(text=...) adds them at inference, so training sees the same sequence.
+        encoded = self.processor.tokenizer(
+            text,
+            add_special_tokens=self.processor.tokenizer_adds_special_tokens,
+            return_offsets_mapping=True,
+            return_tensors="pt",
+        )
+        input_ids = encoded["input_ids"][0]  # [T]
+        starts, ends = encoded["offset_mapping"][0].unbind(-1)  # [T] each
+        span_starts, span_ends = torch.tensor(spans, dtype=torch.long).reshape(-1, 2).unbind(-1)  # [S] each
+        overlaps = (starts[:, None] < span_ends[None, :]) & (ends[:, None] > span_starts[None, :])  # [T, S]
+        # Tokens the tokenizer added have empty offsets; placeholders are filled by image features, not predicted.
+        supervised = overlaps.any(-1) & (ends > starts) & (input_ids != self.processor.image_token_id)
+        labels = torch.where(supervised, input_ids, IGNORE_INDEX)
+        if not supervised.any():
+            raise ValueError(
+                f"Sample {index} has no supervised token: it needs at least one assistant turn the template renders."
+            )
+        return input_ids, labels
+
+    def _fit(
+        self, input_ids: torch.Tensor, labels: torch.Tensor, index: int
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Cut a too-long sample after its last image, or return None to drop it."""
+        limit = self.model_max_length
+        if limit is None or len(input_ids) <= limit:
+            return input_ids, labels
+        placeholders = (input_ids == self.processor.image_token_id).nonzero()
+        if len(placeholders) and placeholders.max() >= limit:
+            reason = "the cut would split or remove an image's placeholders"
+        elif (labels[:limit] == IGNORE_INDEX).all():
+            reason = "no supervised token would be left"
+        else:
+            return input_ids[:limit], labels[:limit]
+        logger.warning(
+            f"Dropped sample {index} of the batch: it has {len(input_ids)} tokens, more than "
+            f"model_max_length={limit}, and {reason}."
+        )
+        return None
+
+    def _render(self, messages: list[dict], add_generation_prompt: bool, index: int) -> str:
+        try:
+            return self.processor.apply_chat_template(
+                messages, add_generation_prompt=add_generation_prompt, tokenize=False
+            )
+        except jinja2.TemplateError as error:
+            raise ValueError(f"Sample {index}: the chat template failed on its messages: {error}") from error
+
+    def _expand(self, text: str) -> str:
+        image_token = self.processor.image_token
+        return text.replace(image_token, image_token * self.processor.image_seq_length)

@@ -1,0 +1,285 @@
+"""Training data: LLaVA and Qwen-VL conversation files and captioning `datasets`, read as chat samples.
+
+Every format becomes one sample shape, `{"messages": [{"role", "content"}, ...], "images": [PIL.Image, ...]}`,
+whose contents carry one "<image>" per image, in reading order. Records are checked when loaded, without opening
+any image; an image file is looked for, and opened, only when its sample is read.
+"""
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+
+import datasets
+from PIL import Image
+from torch.utils.data import Dataset
+
+IMAGE_TOKEN = "<image>"
+FORMATS = ("llava", "qwen", "datasets")
+
+# One map for both file formats: LLaVA says human/gpt, Qwen-VL user/assistant, and some exports mix them.
+_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+_QWEN_IMAGE = re.compile(r"<img>(.*?)</img>", re.DOTALL)
+
+
+def _check_record(record: dict, where: str) -> None:
+    """Roles alternate user/assistant after an optional system turn and end on an answer; placeholders match."""
+    messages = record["messages"]
+    if not messages:
+        raise ValueError(f"{where} has no conversations.")
+    roles = [message["role"] for message in messages]
+    offset = 1 if roles[0] == "system" else 0
+    for turn, role in enumerate(roles[offset:]):
+        expected = "user" if turn % 2 == 0 else "assistant"
+        if role != expected:
+            raise ValueError(
+                f"{where}: turn {turn + offset} is {role!r} where {expected!r} was expected; roles must alternate "
+                f"user/assistant after an optional leading system turn (roles: {roles})."
+            )
+    if "assistant" not in roles:
+        raise ValueError(f"{where} has no assistant answer (roles: {roles}).")
+    if roles[-1] != "assistant":
+        raise ValueError(f"{where} ends with a user turn that has no assistant answer (roles: {roles}).")
+    placeholders = sum(message["content"].count(IMAGE_TOKEN) for message in messages)
+    if placeholders != len(record["images"]):
+        raise ValueError(
+            f"{where}: {IMAGE_TOKEN} placeholders and images do not match: "
+            f"placeholders: {placeholders}, images: {len(record['images'])}."
+        )
+
+
+class VisionBridgeDataset(Dataset):
+    """Chat samples whose images open when read: `dataset[i]` is `{"messages": [...], "images": [PIL.Image, ...]}`.
+
+    `records` hold image paths in place of images: `{"messages": [{"role", "content"}, ...], "images": [path, ...]}`.
+    They are checked here (see `_check_record`). `source` names the data in errors; `image_seq_length` is the
+    placeholder tokens each image becomes, counted by `lengths`.
+    """
+
+    def __init__(self, records: list[dict], source: str = "the records", image_seq_length: int = 0):
+        for index, record in enumerate(records):
+            _check_record(record, f"record {index} of {source}")
+        self.records = records
+        self.source = source
+        self.image_seq_length = image_seq_length
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        # Copies, so a collator that edits a sample in place cannot change the next epoch's.
+        messages = [dict(message) for message in self.records[index]["messages"]]
+        return {"messages": messages, "images": self._open_images(index)}
+
+    @property
+    def lengths(self) -> list[int]:
+        """Estimated tokens per sample for length-grouped sampling: text characters / 4, rounded up, plus
+        `image_seq_length` per image. Opens no image."""
+        return [
+            math.ceil(sum(len(message["content"]) for message in record["messages"]) / 4)
+            + self.image_seq_length * len(record["images"])
+            for record in self.records
+        ]
+
+    def _open_images(self, index: int) -> list[Image.Image]:
+        images = []
+        for path in self.records[index]["images"]:
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"Image {path} of record {index} in {self.source} does not exist.")
+            try:
+                with Image.open(path) as image:
+                    image.load()
+            except OSError as error:
+                raise OSError(f"Cannot read image {path} of record {index} in {self.source}: {error}") from error
+            images.append(image)
+        return images
+
+
+class _TableDataset(VisionBridgeDataset):
+    """Captioning rows whose image column is a `datasets.Image` feature, decoded row by row on access."""
+
+    def __init__(self, records: list[dict], source: str, image_seq_length: int, images: datasets.Dataset):
+        super().__init__(records, source, image_seq_length)
+        self._images = images
+
+    def _open_images(self, index: int) -> list[Image.Image]:
+        image = self._images[index]["image"]
+        if not isinstance(image, Image.Image):
+            raise ValueError(f"Row {index} of {self.source} has no decodable image in column 'image': {image!r:.200}.")
+        image.load()
+        return [image]
+
+
+def _read_records(path: Path) -> list:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        records = []
+        # Split on "\n" only: splitlines() would also cut at U+2028, which JSON strings may hold unescaped.
+        for line_number, line in enumerate(text.split("\n"), start=1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise ValueError(
+                        f"{path}, line {line_number}: not valid JSON ({error.msg} at column {error.colno})."
+                    ) from error
+        return records
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{path} is not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}."
+        ) from error
+    if not isinstance(records, list):
+        raise ValueError(f"{path} holds a JSON {type(records).__name__}; expected a list of records.")
+    return records
+
+
+def _messages(record: object, where: str) -> list[dict]:
+    if not isinstance(record, dict):
+        raise ValueError(f"{where} is a JSON {type(record).__name__}, not an object with 'conversations'.")
+    turns = record.get("conversations")
+    if not isinstance(turns, list) or not turns:
+        raise ValueError(f"{where} has no conversations (expected a non-empty 'conversations' list).")
+    messages = []
+    for turn_index, turn in enumerate(turns):
+        role = _ROLES.get(turn.get("from")) if isinstance(turn, dict) else None
+        if role is None or not isinstance(turn.get("value"), str):
+            raise ValueError(
+                f"{where}, turn {turn_index}: expected {{'from': one of {sorted(_ROLES)}, 'value': str}}, "
+                f"found {turn!r:.200}."
+            )
+        messages.append({"role": role, "content": turn["value"]})
+    return messages
+
+
+def _from_llava(record: object, where: str) -> tuple[list[dict], list[str]]:
+    messages = _messages(record, where)
+    image = record.get("image")
+    paths = [] if image is None else [image] if isinstance(image, str) else image
+    if not isinstance(paths, list) or not all(isinstance(path, str) and path for path in paths):
+        raise ValueError(f"{where}: 'image' must be a path or a list of paths, found {image!r:.200}.")
+    if paths and not any(IMAGE_TOKEN in message["content"] for message in messages):
+        # LLaVA's own loader puts an image without a placeholder before the first question; do as it does.
+        first_user = next((message for message in messages if message["role"] == "user"), None)
+        if first_user is not None:
+            first_user["content"] = f"{IMAGE_TOKEN}\n" * len(paths) + first_user["content"]
+    return messages, paths
+
+
+def _from_qwen(record: object, where: str) -> tuple[list[dict], list[str]]:
+    messages = _messages(record, where)
+    paths = []
+    for message in messages:
+        tags = message["content"].count("<img>")
+        found = _QWEN_IMAGE.findall(message["content"])
+        if tags != len(found) or not all(path.strip() for path in found):
+            raise ValueError(
+                f"{where}: <img> placeholders and images do not match: "
+                f"placeholders: {tags}, images (<img>PATH</img> with a path): {sum(bool(p.strip()) for p in found)}."
+            )
+        paths += [path.strip() for path in found]
+        # "Picture N: " labels and <ref>/<box> grounding stay as written; only the tag becomes a placeholder.
+        message["content"] = _QWEN_IMAGE.sub(IMAGE_TOKEN, message["content"])
+    return messages, paths
+
+
+def _detect(records: list, path: Path) -> str:
+    turns = [
+        turn
+        for record in records
+        if isinstance(record, dict) and isinstance(record.get("conversations"), list)
+        for turn in record["conversations"]
+        if isinstance(turn, dict)
+    ]
+    if any("<img>" in str(turn.get("value", "")) for turn in turns):
+        return "qwen"
+    roles = {turn.get("from") for turn in turns}
+    if roles & {"human", "gpt"} or any(isinstance(record, dict) and "image" in record for record in records):
+        return "llava"
+    if roles & {"user", "assistant"}:
+        return "qwen"
+    raise ValueError(
+        f"Cannot tell the format of {path}: no <img> tags, 'image' keys or known roles "
+        f"(roles: {sorted(roles, key=str)}). Pass format='llava' or format='qwen'."
+    )
+
+
+def _from_table(
+    table: datasets.Dataset,
+    source: str,
+    image_folder: str | os.PathLike | None,
+    prompt: str | None,
+    image_seq_length: int,
+) -> VisionBridgeDataset:
+    if isinstance(table, datasets.DatasetDict):
+        raise ValueError(f"{source} holds splits {list(table)}; pass one split, e.g. dataset['train'].")
+    columns = table.column_names
+    text_column = next((name for name in ("text", "caption") if name in columns), None)
+    if "image" not in columns or text_column is None:
+        raise ValueError(f"{source} needs an 'image' column and a 'text' or 'caption' column; it has {columns}.")
+    user = IMAGE_TOKEN if prompt is None else f"{IMAGE_TOKEN}\n{prompt}"
+    records = []
+    for row, caption in enumerate(table[text_column]):
+        if not isinstance(caption, str) or not caption:
+            raise ValueError(f"record {row} of {source} has no assistant answer: {text_column!r} is {caption!r}.")
+        answer = [{"role": "user", "content": user}, {"role": "assistant", "content": caption}]
+        records.append({"messages": answer, "images": [row]})
+    feature = table.features["image"]
+    if isinstance(feature, datasets.Image):
+        return _TableDataset(records, source, image_seq_length, table.select_columns(["image"]))
+    if not (isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")):
+        raise ValueError(f"{source}: column 'image' holds {feature}; expected a datasets.Image feature or paths.")
+    for row, (record, path) in enumerate(zip(records, table["image"], strict=True)):
+        if not path:
+            raise ValueError(f"record {row} of {source} has no image path in column 'image'.")
+        record["images"] = [str(Path(image_folder, path)) if image_folder is not None else path]
+    return VisionBridgeDataset(records, source, image_seq_length)
+
+
+def load_training_data(
+    path_or_dataset: str | os.PathLike | datasets.Dataset,
+    image_folder: str | os.PathLike | None = None,
+    format: str = "auto",
+    prompt: str | None = None,
+    image_seq_length: int = 0,
+) -> VisionBridgeDataset:
+    """Read LLaVA JSON/JSONL, Qwen-VL JSON or a captioning `datasets.Dataset` (or its save_to_disk folder).
+
+    Image paths are relative to `image_folder`, or to the data file's folder when it is None. `format="auto"`
+    picks "datasets" for a Dataset or folder; for a file, "qwen" on any <img> tag, "llava" on an "image" key or
+    human/gpt roles, else "qwen" on user/assistant roles. `prompt` is the question of captioning rows.
+    """
+    if format not in ("auto", *FORMATS):
+        raise ValueError(f"Unknown format {format!r}; expected 'auto' or one of {', '.join(FORMATS)}.")
+    if isinstance(path_or_dataset, (datasets.Dataset, datasets.DatasetDict)):
+        if format not in ("auto", "datasets"):
+            raise ValueError(f"format={format!r} reads a JSON file, but a datasets.Dataset was passed.")
+        source = f"the datasets.Dataset passed in ({path_or_dataset.num_rows} rows)"
+        return _from_table(path_or_dataset, source, image_folder, prompt, image_seq_length)
+    path = Path(path_or_dataset)
+    if not path.exists():
+        raise FileNotFoundError(f"Training data {path} does not exist.")
+    if path.is_dir():
+        if format not in ("auto", "datasets"):
+            raise ValueError(f"format={format!r} reads a JSON file, but {path} is a folder.")
+        if not any((path / name).is_file() for name in ("dataset_info.json", "state.json", "dataset_dict.json")):
+            raise ValueError(f"{path} is a folder but not one written by Dataset.save_to_disk (no state.json).")
+        return _from_table(datasets.load_from_disk(str(path)), str(path), image_folder, prompt, image_seq_length)
+    if format == "datasets":
+        raise ValueError(f"format='datasets' needs a datasets.Dataset or a save_to_disk folder; {path} is a file.")
+    if path.suffix not in (".json", ".jsonl"):
+        raise ValueError(f"{path}: expected a .json or .jsonl file, or a datasets folder.")
+    if prompt is not None:
+        raise ValueError("prompt is the question of captioning rows (format='datasets'); JSON records carry their own.")
+    records = _read_records(path)
+    if not records:
+        raise ValueError(f"{path} holds no records.")
+    convert = _from_llava if (_detect(records, path) if format == "auto" else format) == "llava" else _from_qwen
+    folder = Path(image_folder) if image_folder is not None else path.parent
+    samples = []
+    for index, record in enumerate(records):
+        messages, paths = convert(record, f"record {index} of {path}")
+        samples.append({"messages": messages, "images": [str(folder / image) for image in paths]})
+    return VisionBridgeDataset(samples, str(path), image_seq_length)

@@ -1,0 +1,139 @@
+"""VisionBridgeTrainer: the HF Trainer with one optimizer group per part, LoRA applied for you, and checks.
+
+It overrides only what it must: construction (freezing, LoRA, collator), `create_optimizer` (per-part learning
+rates), `training_step` (a non-finite loss stops the run) and the sampler (length grouping that counts images).
+"""
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import Trainer
+from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.utils import logging
+
+from .arguments import VisionBridgeTrainingArguments
+from .callbacks import GradientCheck
+from .collator import VisionBridgeCollator
+from .lora import PARTS, part_of, prepare_model, unwrap
+
+logger = logging.get_logger(__name__)
+
+
+def _refuse_deepspeed_optimizer(deepspeed) -> None:
+    if deepspeed is None:
+        return
+    config = json.loads(Path(deepspeed).read_text()) if isinstance(deepspeed, (str, Path)) else deepspeed
+    if "optimizer" in config:
+        raise ValueError(
+            "The DeepSpeed config defines its own `optimizer` block, which would replace the per-part learning "
+            "rates (connector_lr, vision_lr) with one rate for everything. Remove the block: the Trainer then "
+            "hands DeepSpeed its own optimizer."
+        )
+
+
+def _check_qlora(model: nn.Module) -> None:
+    if not torch.cuda.is_available():
+        raise ValueError("use_qlora needs a CUDA GPU for bitsandbytes' 4-bit kernels, and none is available here.")
+    if not getattr(unwrap(model).language_model, "is_loaded_in_4bit", False):
+        raise ValueError(
+            "use_qlora trains LoRA over a 4-bit LLM: load the model with "
+            "quantization_config=BitsAndBytesConfig(load_in_4bit=True, llm_int8_skip_modules=['vision_tower', "
+            "'connector', 'lm_head'])."
+        )
+
+
+class VisionBridgeTrainer(Trainer):
+    def __init__(self, model: nn.Module, args: VisionBridgeTrainingArguments, data_collator=None, **kwargs):
+        if not isinstance(args, VisionBridgeTrainingArguments):
+            raise TypeError(f"VisionBridgeTrainer needs VisionBridgeTrainingArguments, got {type(args).__name__}.")
+        _refuse_deepspeed_optimizer(args.deepspeed)
+        if args.use_qlora:
+            _check_qlora(model)
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.gradient_checkpointing)
+        model = prepare_model(model, args)
+        # Trainable connector weights stay fp32 whatever the LLM's dtype; autocast handles the matmuls.
+        for parameter in unwrap(model).connector.parameters():
+            if parameter.requires_grad:
+                parameter.data = parameter.data.float()
+        processor = kwargs.get("processing_class")
+        if data_collator is None:
+            if processor is None:
+                raise ValueError("Pass processing_class (the VisionBridgeProcessor) or a data_collator.")
+            max_length = args.model_max_length or processor.tokenizer.model_max_length
+            data_collator = VisionBridgeCollator(processor, model_max_length=max_length if max_length < 10**6 else None)
+        super().__init__(model=model, args=args, data_collator=data_collator, **kwargs)
+        self.add_callback(GradientCheck())
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        """One group per part (connector at connector_lr, LLM at learning_rate, vision at vision_lr), each split
+        into weights that decay and biases/norms that do not; frozen tensors are in no group."""
+        if self.optimizer is not None:
+            return self.optimizer
+        model = model if model is not None else self.model
+        args = self.args
+        rates = {
+            "connector": args.connector_lr or args.learning_rate,
+            "language_model": args.learning_rate,
+            "vision_tower": args.vision_lr or args.learning_rate,
+        }
+        decaying = set(self.get_decay_parameter_names(model))
+        groups = []
+        for part in PARTS:
+            for decays in (True, False):
+                params = [
+                    parameter
+                    for name, parameter in model.named_parameters()
+                    if parameter.requires_grad and part_of(name) == part and (name in decaying) == decays
+                ]
+                if params:
+                    groups.append(
+                        {
+                            "name": part if decays else f"{part} (no decay)",
+                            "params": params,
+                            "lr": rates[part],
+                            "weight_decay": args.weight_decay if decays else 0.0,
+                        }
+                    )
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(args, model)
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        table = "\n".join(
+            f"  {group['name']:<28} {sum(p.numel() for p in group['params']):>14,} {group['lr']:>10.2e}"
+            for group in groups
+        )
+        logger.info(f"optimizer groups:\n  {'group':<28} {'parameters':>14} {'lr':>10}\n{table}")
+        return self.optimizer
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        collator = self.data_collator
+        if "loss" in logs and isinstance(collator, VisionBridgeCollator) and collator.total_tokens:
+            logs["supervised_share"] = round(collator.supervised_tokens / collator.total_tokens, 4)
+        super().log(logs, *args, **kwargs)
+
+    def train(self, *args, **kwargs):
+        output = super().train(*args, **kwargs)
+        dropped = getattr(self.data_collator, "dropped_samples", 0)
+        if dropped:
+            logger.warning(f"{dropped} samples did not fit model_max_length without cutting an image and were dropped.")
+        output.metrics["dropped_samples"] = dropped
+        return output
+
+    def training_step(self, model: nn.Module, inputs: dict, *args, **kwargs) -> torch.Tensor:
+        loss = super().training_step(model, inputs, *args, **kwargs)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"The training loss is {loss.item()} at step {self.state.global_step + 1}.")
+        return loss
+
+    def _get_train_sampler(self, *args, **kwargs):
+        grouped = getattr(self.args, "group_by_length", False) or (
+            getattr(self.args, "train_sampling_strategy", None) == "group_by_length"
+        )
+        lengths = getattr(self.train_dataset, "lengths", None)
+        if grouped and lengths is not None:
+            # The dataset's estimate counts each image's placeholder tokens, which the tokenizer cannot see.
+            batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            return LengthGroupedSampler(batch, dataset=self.train_dataset, lengths=list(lengths))
+        return super()._get_train_sampler(*args, **kwargs)
