@@ -232,6 +232,42 @@ def test_sample_answers_are_generated_during_training(make_model, digit_samples,
     assert all(isinstance(answer, str) for _, _, answer in callback.history)
 
 
+def test_group_by_length_counts_the_image_tokens(make_model, photos, tmp_path):
+    import json
+
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from visionbridge import load_training_data
+
+    photos[0].resize((40, 30)).save(tmp_path / "a.jpg")
+    records = [
+        {
+            "image": ["a.jpg"] * images,
+            "conversations": [
+                {"from": "human", "value": "<image>" * images + "Hi?"},
+                {"from": "gpt", "value": "Hello there, " * words},
+            ],
+        }
+        for images, words in [(0, 9), (1, 1), (2, 1), (0, 1)]
+    ]
+    (tmp_path / "data.json").write_text(json.dumps(records))
+    data = load_training_data(tmp_path / "data.json", image_folder=tmp_path)
+    model, processor = make_model()
+    grouping = (
+        {"train_sampling_strategy": "group_by_length"}
+        if "train_sampling_strategy" in VisionBridgeTrainingArguments.__dataclass_fields__
+        else {"group_by_length": True}
+    )
+    trainer = VisionBridgeTrainer(
+        model=model, args=_args(tmp_path, **grouping), train_dataset=data, processing_class=processor
+    )
+    sampler = trainer._get_train_sampler()
+    assert isinstance(sampler, LengthGroupedSampler)
+    assert sampler.lengths == data.lengths
+    assert data.lengths[2] > data.lengths[0] > data.lengths[3]  # two images outweigh nine phrases
+    assert data.lengths[2] - data.lengths[3] >= 2 * processor.image_seq_length
+
+
 def test_two_process_cpu_run_under_torchrun(tmp_path):
     script = Path(__file__).with_name("ddp_train.py")
     run = subprocess.run(

@@ -16,6 +16,7 @@ from transformers.utils import logging
 from .arguments import VisionBridgeTrainingArguments
 from .callbacks import GradientCheck
 from .collator import VisionBridgeCollator
+from .data import VisionBridgeDataset
 from .lora import PARTS, part_of, prepare_model, unwrap
 
 logger = logging.get_logger(__name__)
@@ -60,6 +61,9 @@ class VisionBridgeTrainer(Trainer):
             if parameter.requires_grad:
                 parameter.data = parameter.data.float()
         processor = kwargs.get("processing_class")
+        dataset = kwargs.get("train_dataset")
+        if isinstance(dataset, VisionBridgeDataset) and not dataset.image_seq_length and processor is not None:
+            dataset.image_seq_length = processor.image_seq_length  # so that length grouping counts images
         if data_collator is None:
             if processor is None:
                 raise ValueError("Pass processing_class (the VisionBridgeProcessor) or a data_collator.")
