@@ -15,3 +15,5 @@ def test_readme_python_blocks_run(capsys):
     assert namespace["logits"].shape[0] == 3
     assert type(namespace["model"]).__module__.startswith("visionbridge")
     assert capsys.readouterr().out.strip()
+    assert (Path(namespace["workdir"]) / "merged" / "modeling_visionbridge.py").is_file()
+    assert (Path(namespace["workdir"]) / "adapter" / "adapter_model.safetensors").is_file()
