@@ -10,11 +10,11 @@ from pathlib import Path
 def _convert(args: argparse.Namespace) -> None:
     from .modeling import from_blip2, from_llava
 
-    convert = {"llava": from_llava, "blip2": from_blip2}[args.source_format]
-    model, processor = convert(args.source)
     destination = Path(args.destination)
     if destination.exists() and any(destination.iterdir()):
         sys.exit(f"{destination} exists and is not empty; choose a new folder.")
+    convert = {"llava": from_llava, "blip2": from_blip2}[args.source_format]
+    model, processor = convert(args.source)
     # Written beside the destination, then renamed: an interrupted run leaves no folder that looks complete.
     partial = destination.with_name(f".{destination.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)

@@ -13,11 +13,13 @@ CONNECTOR_NAMES = (*PATCH_CONNECTORS, *QUERY_CONNECTORS)
 _MLP_PATTERN = re.compile(r"^mlp(\d+)x_gelu$")
 
 # Encoders whose sequence starts with tokens that are not patches (a CLS token); all others start with patches.
-PREFIX_TOKENS = {"clip_vision_model": 1, "blip_2_vision_model": 1, "vit": 1, "dinov2": 1}
+PREFIX_TOKENS = {"clip_vision_model": 1, "blip_2_vision_model": 1, "vit": 1, "dinov2": 1, "dinov2_with_registers": 1}
 
 
 def mlp_depth(connector: str) -> int | None:
-    """Number of linear layers of an `mlp{N}x_gelu` connector name, None for any other name."""
+    """Number of linear layers of a patch connector (`linear`: 1, `mlp{N}x_gelu`: N), None for any other name."""
+    if connector == "linear":
+        return 1
     match = _MLP_PATTERN.match(connector)
     return int(match.group(1)) if match else None
 
@@ -79,7 +81,7 @@ class VisionBridgeConfig(PretrainedConfig):
     ):
         self.vision_config = _as_config(vision_config, "clip_vision_model")
         self.text_config = _as_config(text_config, "llama")
-        if connector not in QUERY_CONNECTORS and mlp_depth(connector) is None and connector != "linear":
+        if connector not in QUERY_CONNECTORS and mlp_depth(connector) is None:
             raise ValueError(f"Unknown connector {connector!r}; valid connectors are {', '.join(CONNECTOR_NAMES)}.")
         if connector in QUERY_CONNECTORS:
             num_query_tokens = num_query_tokens or QUERY_CONNECTORS[connector]
@@ -111,7 +113,7 @@ class VisionBridgeConfig(PretrainedConfig):
         self.image_token_id = image_token_id
         self.image_aspect_ratio = image_aspect_ratio
         self.initializer_range = initializer_range
-        self.image_seq_length = image_seq_length or self._derived_image_seq_length()
+        self.image_seq_length = image_seq_length or self.derived_image_seq_length(self.vision_config.image_size)
         kwargs.setdefault("tie_word_embeddings", getattr(self.text_config, "tie_word_embeddings", False))
         # The base class sets one attention implementation on every sub-config; keep the ones the parts came with.
         kwargs.setdefault(
@@ -137,10 +139,12 @@ class VisionBridgeConfig(PretrainedConfig):
     @property
     def num_prefix_tokens(self) -> int:
         """Tokens the encoder puts before its patches (CLS); they are dropped under `vision_feature_select="patch"`."""
-        return PREFIX_TOKENS.get(self.vision_config.model_type, 0)
+        registers = self.vision_config.num_register_tokens if self.vision_config.model_type.endswith("registers") else 0
+        return PREFIX_TOKENS.get(self.vision_config.model_type, 0) + registers
 
-    def _derived_image_seq_length(self) -> int:
+    def derived_image_seq_length(self, image_size: int) -> int:
+        """Placeholders per image of side `image_size`: the queries, or the patches (+ CLS under "full")."""
         if self.num_query_tokens is not None:
             return self.num_query_tokens
-        num_patches = (self.vision_config.image_size // self.vision_config.patch_size) ** 2
+        num_patches = (image_size // self.vision_config.patch_size) ** 2
         return num_patches + (self.num_prefix_tokens if self.vision_feature_select == "full" else 0)

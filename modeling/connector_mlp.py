@@ -1,5 +1,6 @@
 """LLaVA's projectors: `linear` and `mlp{N}x_gelu` map every vision feature to one LLM token."""
 
+import torch
 from torch import nn
 
 
@@ -14,3 +15,7 @@ class MLPConnector(nn.Sequential):
         for _ in range(depth - 1):
             layers += [nn.GELU(), nn.Linear(text_hidden_size, text_hidden_size)]
         super().__init__(*layers)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        # The connector may train in fp32 beside a bf16 tower: compute in its own dtype.
+        return super().forward(features.to(self[0].weight.dtype))

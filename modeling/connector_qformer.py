@@ -20,7 +20,7 @@ class QFormerConnector(nn.Module):
         self.language_projection = nn.Linear(qformer_config.hidden_size, text_hidden_size)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        features = features.to(self.query_tokens.dtype)  # may train in fp32 beside a bf16 tower
         queries = self.query_tokens.expand(features.shape[0], -1, -1)  # [N, Q, H_qformer]
-        image_mask = torch.ones(features.shape[:-1], dtype=torch.long, device=features.device)  # [N, P]
-        outputs = self.qformer(query_embeds=queries, encoder_hidden_states=features, encoder_attention_mask=image_mask)
+        outputs = self.qformer(query_embeds=queries, encoder_hidden_states=features)  # every feature is attended
         return self.language_projection(outputs.last_hidden_state)  # [N, Q, D_text]

@@ -1,5 +1,6 @@
 """Qwen-VL's connector: one cross-attention layer of learned queries over the vision features."""
 
+import functools
 import math
 
 import torch
@@ -7,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 
+@functools.lru_cache(maxsize=8)
 def sincos_2d(grid: int, dim: int) -> torch.Tensor:
     """Fixed 2-D sin-cos positions of a grid x grid layout, row-major: [grid * grid, dim]."""
     quarter = dim // 4
@@ -57,9 +59,10 @@ class ResamplerConnector(nn.Module):
         grid = math.isqrt(patches)
         if grid * grid != patches:
             raise ValueError(f"The resampler needs a square grid of vision features, got {patches} per image.")
-        query_positions = sincos_2d(math.isqrt(self.query.shape[0]), self.query.shape[1]).to(features)  # [Q, E]
+        query_positions = sincos_2d(math.isqrt(self.query.shape[0]), self.query.shape[1]).to(self.query)  # [Q, E]
         key_positions = resize_positions(query_positions, grid)  # [P, E]
 
+        features = features.to(self.query.dtype)  # may train in fp32 beside a bf16 tower
         keys = self.ln_kv(self.kv_proj(features))  # [N, P, E]
         queries = self.ln_q(self.query).expand(batch, -1, -1)  # [N, Q, E]
         attended = F.scaled_dot_product_attention(

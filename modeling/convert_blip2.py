@@ -6,8 +6,8 @@ from transformers import AutoProcessor, Blip2ForConditionalGeneration
 
 from ..configuration.configuration_visionbridge import VisionBridgeConfig
 from ..processing.processing_visionbridge import VisionBridgeProcessor
+from .init_utils import no_init_weights
 from .modeling_visionbridge import VisionBridgeForConditionalGeneration
-from .no_init import no_init_weights
 
 
 def from_blip2(

@@ -7,8 +7,8 @@ from transformers import AutoModelForCausalLM, AutoProcessor, LlavaForConditiona
 
 from ..configuration.configuration_visionbridge import VisionBridgeConfig
 from ..processing.processing_visionbridge import VisionBridgeProcessor
+from .init_utils import no_init_weights
 from .modeling_visionbridge import VisionBridgeForConditionalGeneration
-from .no_init import no_init_weights
 
 _SELECT = {"default": "patch", "full": "full"}
 

@@ -1,12 +1,13 @@
 """`from_components`: a VisionBridge model and processor from a pretrained vision encoder and a pretrained causal LM."""
 
+from PIL import Image
 from tokenizers import AddedToken
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from ..configuration.configuration_visionbridge import VisionBridgeConfig
 from ..processing.processing_visionbridge import VisionBridgeProcessor
+from .init_utils import no_init_weights
 from .modeling_visionbridge import VisionBridgeForConditionalGeneration
-from .no_init import no_init_weights
 
 
 def from_components(
@@ -38,10 +39,10 @@ def from_components(
         tokenizer.add_tokens([AddedToken(image_token, special=True, normalized=False)], special_tokens=True)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
-    tokenizer.padding_side = "left"
     if len(tokenizer) > llm.get_input_embeddings().num_embeddings:
         llm.resize_token_embeddings(len(tokenizer))
 
+    image_processor = AutoImageProcessor.from_pretrained(vision_model)
     config = VisionBridgeConfig(
         vision_config=vision_tower.config,
         text_config=llm.config,
@@ -49,10 +50,16 @@ def from_components(
         image_token_id=tokenizer.convert_tokens_to_ids(image_token),
         **config_kwargs,
     )
+    # Some checkpoints' processors feed another resolution than the encoder config states (DINOv2: 224 vs 518);
+    # the placeholder count follows the pixels the model will actually see.
+    side = image_processor(Image.new("RGB", (64, 64)), return_tensors="pt")["pixel_values"].shape[-1]
+    if "image_seq_length" not in config_kwargs:
+        config.image_seq_length = config.derived_image_seq_length(side)
     # Building the composite must not re-initialise the pretrained parts; only the new connector is initialised.
     with no_init_weights():
         model = VisionBridgeForConditionalGeneration(config, vision_tower=vision_tower, language_model=llm)
     model.connector.apply(model._init_weights)
-    image_processor = AutoImageProcessor.from_pretrained(vision_model)
-    processor = VisionBridgeProcessor(image_processor, tokenizer, chat_template=tokenizer.chat_template)
+    processor = VisionBridgeProcessor(
+        image_processor, tokenizer, chat_template=tokenizer.chat_template, image_token=image_token
+    )
     return model, processor.bind_config(config)

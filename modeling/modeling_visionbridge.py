@@ -4,6 +4,8 @@ The language model is kept whole (any `AutoModelForCausalLM`, with its own head,
 causal LM that transformers can build works here unchanged.
 """
 
+import inspect
+
 import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
@@ -14,6 +16,8 @@ from ..configuration.configuration_visionbridge import VisionBridgeConfig, mlp_d
 from .connector_mlp import MLPConnector
 from .connector_qformer import QFormerConnector
 from .connector_resampler import ResamplerConnector
+from .hub_upload import pop_hub_kwargs, push_folder
+from .init_utils import normal_
 from .remote_code import AUTO_MAP, write_remote_code
 from .vision_tower import legacy_vision_prefix, vision_tower_from_config
 
@@ -25,8 +29,6 @@ def build_connector(config: VisionBridgeConfig) -> nn.Module:
     the model file itself imports into a local remote-code folder.
     """
     vision_size, text_size = config.vision_config.hidden_size, config.text_config.hidden_size
-    if config.connector == "linear":
-        return MLPConnector(vision_size, text_size, depth=1)
     if (depth := mlp_depth(config.connector)) is not None:
         return MLPConnector(vision_size, text_size, depth=depth)
     if config.connector == "qformer":
@@ -36,14 +38,6 @@ def build_connector(config: VisionBridgeConfig) -> nn.Module:
             config.num_query_tokens, config.resampler_hidden_size, config.resampler_num_heads, vision_size, text_size
         )
     raise ValueError(f"Connector {config.connector!r} has no implementation in this version of visionbridge.")
-
-
-def _normal_(tensor: torch.Tensor, std: float) -> None:
-    try:  # transformers 5 skips tensors that were loaded from a checkpoint
-        from transformers.initialization import normal_
-    except ImportError:
-        normal_ = nn.init.normal_
-    normal_(tensor, mean=0.0, std=std)
 
 
 class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
@@ -73,7 +67,8 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
         # One config object per part, so that resizing or retuning a part is seen by the whole model.
         config.vision_config = self.vision_tower.config
         config.text_config = self.language_model.config
-        self.connector = build_connector(config)
+        self.connector = build_connector(config).to(self.language_model.dtype)
+        self._lm_keeps_logits = "logits_to_keep" in inspect.signature(self.language_model.forward).parameters
         if config.connector == "qformer":
             config.qformer_config = self.connector.qformer.config
         self.post_init()
@@ -82,9 +77,9 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
         super()._init_weights(module)
         # The learned queries are bare parameters, which the generic initialisation does not see.
         if isinstance(module, QFormerConnector):
-            _normal_(module.query_tokens, std=self.config.initializer_range)
+            normal_(module.query_tokens, std=self.config.initializer_range)
         elif isinstance(module, ResamplerConnector):
-            _normal_(module.query, std=self.config.initializer_range)
+            normal_(module.query, std=self.config.initializer_range)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()
@@ -120,8 +115,7 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
         features = outputs.last_hidden_state if layer is None else outputs.hidden_states[layer]  # [N, prefix+P, D_v]
         if self.config.vision_feature_select == "patch":
             features = features[:, self.config.num_prefix_tokens :]  # [N, P, D_vision]
-        connector_dtype = next(self.connector.parameters()).dtype
-        return self.connector(features.to(connector_dtype))  # [N, S, D_text]
+        return self.connector(features)  # [N, S, D_text]; each connector casts to its own dtype
 
     def _image_token_mask(self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor) -> torch.Tensor:
         """[B, T] bool: where the image placeholders are."""
@@ -136,6 +130,8 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
         """Write image tokens [N, S, D] into the placeholder positions of inputs_embeds [B, T, D], in order."""
         mask = self._image_token_mask(input_ids, inputs_embeds)
         num_tokens, num_features = int(mask.sum()), image_features.shape[0] * image_features.shape[1]
+        if num_tokens == num_features == 0:
+            return inputs_embeds
         if num_tokens != num_features:
             raise ValueError(
                 "Image features and image tokens do not match: "
@@ -164,14 +160,13 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
             raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)  # [B, T, D_text]
-        prefill = not isinstance(past_key_values, Cache) or past_key_values.get_seq_length() == 0
         if pixel_values is not None:
             image_features = self.get_image_features(pixel_values)
             inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, image_features)
-        elif prefill and input_ids is not None and bool((input_ids == self.config.image_token_id).any()):
-            tokens = int((input_ids == self.config.image_token_id).sum())
-            raise ValueError(f"Image features and image tokens do not match: tokens: {tokens}, features: 0.")
-        if logits_to_keep:
+        elif input_ids is not None and input_ids.shape[1] > 1:
+            # A single decoding step may sample the placeholder id like any other; a prompt must bring its images.
+            self.merge_image_features(input_ids, inputs_embeds, inputs_embeds.new_zeros(0, 0, 0))
+        if logits_to_keep and self._lm_keeps_logits:
             kwargs["logits_to_keep"] = logits_to_keep
         return self.language_model(
             inputs_embeds=inputs_embeds,
@@ -184,10 +179,15 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
 
     def prepare_inputs_for_generation(self, *args, pixel_values: torch.Tensor | None = None, **kwargs) -> dict:
         model_inputs = super().prepare_inputs_for_generation(*args, **kwargs)
-        # Images are encoded once, at prefill; later steps read them from the KV cache.
-        cache = model_inputs.get("past_key_values")
-        prefill = not isinstance(cache, Cache) or cache.get_seq_length() == 0
-        model_inputs["pixel_values"] = pixel_values if prefill else None
+        # Images are encoded when their placeholders are fed (the prefill, or a new turn over a reused cache);
+        # later steps read them from the KV cache.
+        input_ids = model_inputs.get("input_ids")
+        if input_ids is not None:
+            feeds_images = bool((input_ids == self.config.image_token_id).any())
+        else:
+            cache = model_inputs.get("past_key_values")
+            feeds_images = not isinstance(cache, Cache) or cache.get_seq_length() == 0
+        model_inputs["pixel_values"] = pixel_values if feeds_images else None
         return model_inputs
 
     def canonical_state_dict(self, state_dict: dict | None = None) -> dict:
@@ -206,9 +206,15 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
             for key, value in state_dict.items()
         }
 
-    def save_pretrained(self, save_directory, *args, state_dict: dict | None = None, **kwargs) -> None:
-        """Save weights, config and the flat remote code that loads them with only transformers and torch."""
+    def save_pretrained(
+        self, save_directory, *args, state_dict: dict | None = None, push_to_hub: bool = False, **kwargs
+    ) -> None:
+        """Save weights, config and the flat remote code that loads them with only transformers and torch; with
+        push_to_hub, upload the folder once it is complete (repo_id, token, private, ... as in transformers)."""
+        hub_kwargs = pop_hub_kwargs(kwargs)
         self.config.auto_map = dict(AUTO_MAP)
         self.config.architectures = [type(self).__name__]
         super().save_pretrained(save_directory, *args, state_dict=self.canonical_state_dict(state_dict), **kwargs)
         write_remote_code([type(self), type(self.config)], save_directory)
+        if push_to_hub:
+            push_folder(save_directory, **hub_kwargs)

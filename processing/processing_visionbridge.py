@@ -15,6 +15,7 @@ from PIL import Image
 from transformers import BatchFeature, ProcessorMixin
 
 from ..configuration.configuration_visionbridge import VisionBridgeConfig
+from ..modeling.hub_upload import pop_hub_kwargs, push_folder
 from ..modeling.remote_code import AUTO_MAP, write_remote_code
 from .images import pad_to_square, stretch_to_square, to_rgb
 
@@ -44,6 +45,8 @@ def _flatten_images(images) -> list:
 
 
 def _load_image(image) -> Image.Image:
+    if isinstance(image, str) and re.match(r"^[a-z]+://", image):
+        raise ValueError(f"Images are read from local files only, not fetched: download {image} and pass its path.")
     if isinstance(image, (str, Path)):
         with Image.open(image) as opened:
             opened.load()
@@ -120,11 +123,25 @@ class VisionBridgeProcessor(ProcessorMixin):
                 )
             expanded = [sample.replace(self.image_token, self.image_token * self.image_seq_length) for sample in texts]
             kwargs.setdefault("padding", len(expanded) > 1)
+            kwargs.setdefault("padding_side", "left")  # generation; the training collator pads right itself
             kwargs.setdefault("return_token_type_ids", False)
-            data.update(self.tokenizer(expanded, return_tensors="pt", **kwargs))
+            kwargs.setdefault("return_tensors", "pt")
+            encoding = self.tokenizer(expanded, **kwargs)
+            self._check_placeholders(encoding["input_ids"], counts)
+            data.update(encoding)
         if images:
             data["pixel_values"] = self.preprocess_images(images)
         return BatchFeature(data)
+
+    def _check_placeholders(self, input_ids, counts: list[int]) -> None:
+        """Truncation must not have cut into an image's placeholders."""
+        for index, (row, count) in enumerate(zip(input_ids, counts, strict=True)):
+            found = sum(1 for token in list(row) if int(token) == self.image_token_id)
+            if found != count * self.image_seq_length:
+                raise ValueError(
+                    f"Text {index} keeps {found} of its {count * self.image_seq_length} image placeholder tokens "
+                    "after tokenization: truncation cut into an image. Raise max_length or shorten the text."
+                )
 
     def apply_chat_template(
         self, conversation: list[dict], add_generation_prompt: bool = False, tokenize: bool = False, **kwargs
@@ -132,8 +149,9 @@ class VisionBridgeProcessor(ProcessorMixin):
         """Render chat messages whose content is a string or a list of `{"type": "text", "text": ...}` and
         `{"type": "image"[, "image": PIL image or path]}` parts. A template written for such parts (llava-hf's)
         gets them as they are; a text-only one (an LLM's own, or LLaVA-1.5's format when the LLM has none) gets
-        each image as `<image>` before the text, as LLaVA lays it out. With tokenize=True, returns the
-        processor's output for the rendered text and the images found in the messages."""
+        the parts joined by newlines, each image as `<image>` where it stands (LLaVA puts it first). With
+        tokenize=True, returns the processor's output (a dict, as with return_dict=True) for the rendered text
+        and the images found in the messages."""
         images = [
             part.get("image", part.get("path", part.get("url")))
             for message in conversation
@@ -149,6 +167,7 @@ class VisionBridgeProcessor(ProcessorMixin):
         if not tokenize:
             return prompt
         images = [image for image in images if image is not None]
+        kwargs.pop("return_dict", None)
         return self(images=images or None, text=prompt, add_special_tokens=self.tokenizer_adds_special_tokens, **kwargs)
 
     def _as_text(self, message: dict) -> str:
@@ -167,8 +186,10 @@ class VisionBridgeProcessor(ProcessorMixin):
     def decode(self, *args, **kwargs) -> str:
         return self.tokenizer.decode(*args, **kwargs)
 
-    def save_pretrained(self, save_directory, **kwargs):
-        """Save the processor so that both transformers lines load it, with the flat remote code."""
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        """Save the processor so that both transformers lines load it, with the flat remote code; with
+        push_to_hub, upload the folder once it is complete."""
+        hub_kwargs = pop_hub_kwargs(kwargs)
         result = super().save_pretrained(save_directory, **kwargs)
         directory = Path(save_directory)
         # transformers 5 folds the image processor into processor_config.json; 4.x reads preprocessor_config.json.
@@ -177,6 +198,8 @@ class VisionBridgeProcessor(ProcessorMixin):
         _rewrite_json(directory / "processor_config.json", _processor_config_for_both_lines)
         _rewrite_json(directory / "tokenizer_config.json", _tokenizer_config_for_both_lines)
         write_remote_code([type(self)], directory)
+        if push_to_hub:
+            push_folder(directory, **hub_kwargs)
         return result
 
 

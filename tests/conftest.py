@@ -38,6 +38,8 @@ TINY_CONNECTOR_SETTINGS = {
             "num_hidden_layers": 2,
             "num_attention_heads": 4,
             "intermediate_size": 64,
+            "hidden_dropout_prob": 0.0,
+            "attention_probs_dropout_prob": 0.0,
         },
     },
     "resampler": {"num_query_tokens": 9, "resampler_num_heads": 4},

@@ -8,16 +8,24 @@ CONNECTORS = ["linear", "mlp2x_gelu", "qformer", "resampler"]
 
 
 def _batch(processor, model):
+    """Four random images, the same question, a different one-token answer each: only the image tells them apart."""
     generator = torch.Generator().manual_seed(1)
-    images = [Image.fromarray((torch.rand(32, 32, 3, generator=generator) * 255).byte().numpy()) for _ in range(2)]
-    texts = ["<image> What is in the picture? A temple by a lake.", "<image> Describe it. A red flower in the sun."]
+    images = [Image.fromarray((torch.rand(32, 32, 3, generator=generator) * 255).byte().numpy()) for _ in range(4)]
+    texts = [f"<image> Which is it? {digit}" for digit in "2468"]
     batch = processor(images=images, text=texts, padding_side="right")
-    labels = batch["input_ids"].masked_fill(batch["input_ids"] == model.config.image_token_id, -100)
-    return batch, labels.masked_fill(batch["attention_mask"] == 0, -100)
+    labels = torch.full_like(batch["input_ids"], -100)
+    lengths = batch["attention_mask"].sum(dim=1)
+    rows = torch.arange(4)
+    labels[rows, lengths - 1] = batch["input_ids"][rows, lengths - 1]  # supervise the answer only
+    assert len(set(labels[rows, lengths - 1].tolist())) == 4
+    return batch, labels
 
 
 @pytest.mark.parametrize("connector", CONNECTORS)
 def test_every_connector_trains(make_model, connector):
+    """Without image information the best loss is ln 4 = 1.39 (a uniform guess among the four answers); going
+    clearly below it shows the connector carries what the image says. (A Q-Former trained from scratch is the
+    slowest to get there; BLIP-2 pretrains it.)"""
     model, processor = make_model("clip", "llama", connector)
     batch, labels = _batch(processor, model)
     model.train()
@@ -30,6 +38,7 @@ def test_every_connector_trains(make_model, connector):
         optimizer.zero_grad()
         losses.append(loss.item())
     assert losses[-1] < losses[0] / 2, losses[::8]
+    assert losses[-1] < 1.1, losses[::8]
 
 
 @pytest.mark.parametrize("connector", ["qformer", "resampler"])
@@ -55,7 +64,6 @@ def test_resampler_positions_are_2d_sincos_and_resize_smoothly():
     table = sincos_2d(4, 16)
     assert table.shape == (16, 16)
     assert torch.equal(table[0, :4], torch.tensor([0.0, 0.0, 0.0, 0.0]))  # sin(0) for row frequencies
-    assert torch.allclose(table[1], sincos_2d(4, 16)[1])
     assert torch.equal(table[1, :8], table[0, :8])  # same row, so the row half is unchanged
     assert torch.equal(resize_positions(table, 4), table)
     resized = resize_positions(table, 8)

@@ -13,7 +13,7 @@ def _images(n, seed=0):
 
 
 @pytest.mark.parametrize(("vision", "language"), PAIRS)
-def test_every_encoder_and_language_model_pair_runs_and_learns(make_model, vision, language):
+def test_every_encoder_and_language_model_pair_runs_and_backpropagates(make_model, vision, language):
     model, processor = make_model(vision, language)
     inputs = processor(images=_images(1), text="<image> What is this? A picture.")
     labels = inputs["input_ids"].masked_fill(inputs["input_ids"] == model.config.image_token_id, -100)
@@ -90,9 +90,15 @@ def test_gradient_checkpointing_with_frozen_tower_and_embeddings(make_model):
     enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
     enable()
     model.train()
+    first_layer = model.language_model.model.layers[0].self_attn.q_proj.weight
+    # A text-only batch: nothing entering the checkpointed blocks needs grad, which reentrant checkpointing
+    # answers by dropping the blocks' gradients.
+    text_only = processor(text="caption words only")
+    model(**text_only, labels=text_only["input_ids"]).loss.backward()
+    assert first_layer.grad is not None and first_layer.grad.abs().sum() > 0
+    first_layer.grad = None
     inputs = processor(images=_images(1), text="<image> caption words")
     model(**inputs, labels=inputs["input_ids"]).loss.backward()
-    first_layer = model.language_model.model.layers[0].self_attn.q_proj.weight
     assert first_layer.grad is not None and first_layer.grad.abs().sum() > 0
     assert model.connector[0].weight.grad.abs().sum() > 0
     assert model.vision_tower.get_input_embeddings().weight.grad is None
@@ -165,3 +171,42 @@ def test_from_components_passes_dtype_and_attention_implementation(components):
     assert model.language_model.dtype == model.vision_tower.dtype == torch.bfloat16
     assert model.config.text_config._attn_implementation == "eager"
     assert model.config.vision_config._attn_implementation == "eager"
+
+
+def test_a_new_image_over_a_reused_cache_is_encoded(make_model):
+    """A second turn with a new image, generated over the first turn's KV cache, matches a run without cache."""
+    model, processor = make_model()
+    images = _images(2)
+    first = processor(images=images[:1], text="<image> first picture")
+    out = model.generate(**first, max_new_tokens=1, do_sample=False, return_dict_in_generate=True)
+    second = processor(images=images[1:], text=" and now <image> this one")
+    ids = torch.cat([out.sequences, second["input_ids"]], dim=1)
+    settings = dict(attention_mask=torch.ones_like(ids), max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    reused = model.generate(
+        input_ids=ids, pixel_values=second["pixel_values"], past_key_values=out.past_key_values, **settings
+    )
+    both = torch.cat([first["pixel_values"], second["pixel_values"]])
+    fresh = model.generate(input_ids=ids, pixel_values=both, **settings)
+    assert reused[:, ids.shape[1] :].tolist() == fresh[:, ids.shape[1] :].tolist()
+    with pytest.raises(ValueError, match="tokens: 16, features: 0"):
+        model(input_ids=second["input_ids"])
+
+
+def test_connector_follows_the_language_model_dtype(make_model, tmp_path):
+    model, _ = make_model(dtype=torch.bfloat16)
+    assert model.connector[0].weight.dtype == torch.bfloat16
+    model.save_pretrained(tmp_path)
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "model.safetensors", "pt") as saved:
+        assert saved.get_tensor("connector.0.weight").dtype == torch.bfloat16
+
+
+def test_a_custom_image_token(components):
+    import visionbridge
+
+    model, processor = visionbridge.from_components(*components(), image_token="<img>")
+    inputs = processor(images=_images(1), text="<img> what?")
+    assert (inputs["input_ids"] == model.config.image_token_id).sum() == 16
+    with torch.no_grad():
+        assert model(**inputs).logits.shape[1] == inputs["input_ids"].shape[1]

@@ -143,5 +143,31 @@ def test_processor_save_load_reads_the_count_from_the_config(make_model, tmp_pat
     assert loaded.image_seq_length == 16 and loaded.image_aspect_ratio == "resize"
     assert "image_seq_length" not in (tmp_path / "processor_config.json").read_text()
     image = Image.new("RGB", (32, 20), (9, 99, 199))
-    for key in ("input_ids", "pixel_values"):
-        assert torch.equal(loaded(images=image, text="<image> x")[key], processor(images=image, text="<image> x")[key])
+    texts = ["<image> x", "<image> a longer text"]
+    for key in ("input_ids", "attention_mask", "pixel_values"):
+        assert torch.equal(
+            loaded(images=[image, image], text=texts)[key], processor(images=[image, image], text=texts)[key]
+        )
+    assert loaded(images=[image, image], text=texts)["attention_mask"][0, 0] == 0  # left padded after reload
+
+
+def test_truncation_into_an_image_is_refused(make_model):
+    _, processor = make_model()
+    with pytest.raises(ValueError, match="truncation cut into an image"):
+        processor(images=Image.new("RGB", (8, 8)), text="hello <image>", truncation=True, max_length=8)
+
+
+def test_image_urls_are_not_fetched(make_model):
+    _, processor = make_model()
+    messages = [{"role": "user", "content": [{"type": "image", "url": "https://example.com/a.jpg"}]}]
+    with pytest.raises(ValueError, match="local files only"):
+        processor.apply_chat_template(messages, tokenize=True)
+
+
+def test_chat_template_tokenize_accepts_the_usual_arguments(make_model):
+    _, processor = make_model()
+    messages = [{"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (8, 8))}]}]
+    inputs = processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    assert inputs["input_ids"].shape[0] == 1 and inputs["pixel_values"].shape[0] == 1

@@ -107,30 +107,15 @@ def test_saved_folder_holds_flat_code_and_the_auto_map(make_model, tmp_path):
     assert (tmp_path / "preprocessor_config.json").is_file()
 
 
-def test_flattening_refuses_two_files_with_one_name(tmp_path):
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    (tmp_path / "a" / "util.py").write_text("X = 1\n")
-    (tmp_path / "b" / "util.py").write_text("Y = 2\n")
-    (tmp_path / "a" / "top.py").write_text("from .util import X\nfrom ..b.util import Y\nclass Top: pass\n")
-    sys.path.insert(0, str(tmp_path))
-    try:
-        import importlib
+def test_flattening_refuses_two_files_with_one_name(tmp_path, monkeypatch):
+    import types
 
-        (tmp_path / "__init__.py").write_text("")
-        (tmp_path / "a" / "__init__.py").write_text("")
-        (tmp_path / "b" / "__init__.py").write_text("")
-        spec = importlib.util.spec_from_file_location("a.top", tmp_path / "a" / "top.py")
-        module = importlib.util.module_from_spec(spec)
-        module.__file__ = str(tmp_path / "a" / "top.py")
-
-        class Top:
-            pass
-
-        Top.__module__ = "fake_top"
-        sys.modules["fake_top"] = module
-        with pytest.raises(ValueError, match="share the flat name util.py"):
-            flat_sources([Top])
-    finally:
-        sys.path.remove(str(tmp_path))
-        sys.modules.pop("fake_top", None)
+    for folder, text in [("a", "X = 1\n"), ("b", "Y = 2\n")]:
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "util.py").write_text(text)
+    top = tmp_path / "a" / "top.py"
+    top.write_text("from .util import X\nfrom ..b.util import Y\n")
+    monkeypatch.setitem(sys.modules, "fake_top", types.SimpleNamespace(__file__=str(top)))
+    Top = type("Top", (), {"__module__": "fake_top"})
+    with pytest.raises(ValueError, match="share the flat name util.py"):
+        flat_sources([Top])
