@@ -279,3 +279,25 @@ def test_two_process_cpu_run_under_torchrun(tmp_path):
     assert run.returncode == 0, run.stderr[-4000:]
     first, last = (float(x) for x in (tmp_path / "losses.txt").read_text().split())
     assert last < first
+
+
+def test_model_card_carries_the_hub_metadata(make_model, digit_samples, tmp_path):
+    from huggingface_hub import ModelCard
+
+    trainer = _trainer(make_model, digit_samples, tmp_path, hub_model_id="org/digits-adapter")
+    trainer.create_model_card(dataset_tags="sklearn/digits")
+    card = ModelCard.load(tmp_path / "out" / "README.md")
+    data = card.data.to_dict()
+    assert data["library_name"] == "peft" and data["pipeline_tag"] == "image-text-to-text"
+    assert len(data["base_model"]) == 2 and data["base_model"][0].endswith("tiny-clip")
+    assert {"visionbridge", "mlp2x_gelu", "lora"} <= set(data["tags"])
+    assert data["license"] == "apache-2.0" and data["datasets"] == ["sklearn/digits"]
+    for text in (
+        "PeftModel.from_pretrained",
+        "org/digits-adapter",
+        "AutoModelForVision2Seq",
+        "| stage | instruct |",
+        "| connector learning rate | 0.003 |",
+        "16 / 32 / 0.05",
+    ):
+        assert text in card.text, text

@@ -18,6 +18,7 @@ from .callbacks import GradientCheck
 from .collator import VisionBridgeCollator
 from .data import VisionBridgeDataset
 from .lora import PARTS, part_of, prepare_model, unwrap
+from .model_card import render_model_card
 
 logger = logging.get_logger(__name__)
 
@@ -71,6 +72,16 @@ class VisionBridgeTrainer(Trainer):
             data_collator = VisionBridgeCollator(processor, model_max_length=max_length if max_length < 10**6 else None)
         super().__init__(model=model, args=args, data_collator=data_collator, **kwargs)
         self.add_callback(GradientCheck())
+
+    def create_model_card(self, *args, dataset_tags=None, dataset=None, **kwargs) -> None:
+        """Write README.md from model_card.md (called by push_to_hub); `dataset_tags`/`dataset` name the data."""
+        if not self.is_world_process_zero():
+            return
+        datasets = dataset_tags or dataset
+        datasets = [datasets] if isinstance(datasets, str) else datasets
+        repo_id = getattr(self, "hub_model_id", None) or self.args.hub_model_id or Path(self.args.output_dir).name
+        card = render_model_card(self.model, repo_id, self.args, datasets)
+        card.save(Path(self.args.output_dir) / "README.md")
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         """One group per part (connector at connector_lr, LLM at learning_rate, vision at vision_lr), each split
