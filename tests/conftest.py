@@ -84,3 +84,17 @@ def digit_samples() -> list[dict]:
             }
         )
     return samples
+
+
+@pytest.fixture
+def loopback_hub(tmp_path):
+    """A local Hugging Face Hub (tests/loopback_hub.py) that the real huggingface_hub / transformers / peft talk to.
+
+    Serves on a free 127.0.0.1 port; sets HF_ENDPOINT, HF_HOME (a fresh tmp dir), HF_TOKEN and HF_HUB_OFFLINE=0 in
+    os.environ, so subprocesses inherit them, and patches the clients' import-time constants; all restored after.
+    Yields the `LoopbackHub`: `.url`, `.token`, `.env`, `.commits(repo_id)`, `.files(repo_id, revision="main")`.
+    """
+    from loopback_hub import LoopbackHub, use_loopback_hub
+
+    with LoopbackHub() as hub, use_loopback_hub(hub, tmp_path / "hf_home"):
+        yield hub
