@@ -31,8 +31,12 @@ def main(base_repo: str, adapter_repo: str, inputs_file: str, out: str, revision
     base = transformers.AutoModelForImageTextToText.from_pretrained(base_repo, trust_remote_code=True)
     model = PeftModel.from_pretrained(base, adapter_repo, revision=revision).eval()
     processor = transformers.AutoProcessor.from_pretrained(base_repo, trust_remote_code=True)
-    logits = model(**inputs).logits.detach()
-    save_file({"logits": logits.contiguous()}, f"{out}.safetensors")
+    tensors = {"logits": model(**inputs).logits.detach().contiguous()}
+    if hasattr(transformers, "AutoModelForVision2Seq"):  # transformers 4.x: the older Auto class, same repo
+        old_base = transformers.AutoModelForVision2Seq.from_pretrained(base_repo, trust_remote_code=True)
+        old_model = PeftModel.from_pretrained(old_base, adapter_repo, revision=revision).eval()
+        tensors["logits_vision2seq"] = old_model(**inputs).logits.detach().contiguous()
+    save_file(tensors, f"{out}.safetensors")
     with open(f"{out}.json", "w") as handle:
         json.dump({"class": type(base).__module__, "processor": type(processor).__name__}, handle)
 

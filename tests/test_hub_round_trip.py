@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from huggingface_hub import ModelCard, hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError
 from safetensors.torch import load_file, save_file
@@ -50,7 +51,11 @@ def _fresh_load(hub, tmp_path, inputs_file, name, revision=None, offline=False, 
         command + ([revision] if revision else []), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    return load_file(f"{out}.safetensors")["logits"], json.loads(Path(f"{out}.json").read_text())
+    tensors = load_file(f"{out}.safetensors")
+    if "logits_vision2seq" in tensors:
+        assert torch.equal(tensors["logits_vision2seq"], tensors["logits"])
+    assert ("logits_vision2seq" in tensors) == transformers.__version__.startswith("4.")
+    return tensors["logits"], json.loads(Path(f"{out}.json").read_text())
 
 
 def test_train_push_and_load_by_repo_id_in_a_fresh_process(loopback_hub, make_model, digit_samples, tmp_path):
