@@ -35,7 +35,7 @@ def _train(model, processor, samples, tmp_path, steps, repo_id):
     )
     trainer = VisionBridgeTrainer(model=model, args=args, train_dataset=samples[:16], processing_class=processor)
     trainer.train()
-    trainer.push_to_hub(dataset_tags="sklearn/digits")
+    trainer.push_to_hub(dataset_tags="sklearn/digits", finetuned_from="org/base")
     return trainer
 
 
@@ -84,7 +84,7 @@ def test_train_push_and_load_by_repo_id_in_a_fresh_process(loopback_hub, make_mo
     # The card pushed with the adapter parses, with the Hub metadata.
     card = ModelCard.load(hf_hub_download("org/adapter", "README.md"))
     assert card.data.pipeline_tag == "image-text-to-text" and card.data.library_name == "peft"
-    assert card.data.datasets == ["sklearn/digits"] and len(card.data.base_model) == 2
+    assert card.data.datasets == ["sklearn/digits"] and 'from_pretrained("org/base"' in card.text
 
     # A second push is a new revision; the first still loads by its sha.
     trainer.args.max_steps = 8
@@ -122,3 +122,11 @@ def test_loading_a_missing_repo_is_a_clear_error(loopback_hub):
 
     with pytest.raises(OSError, match="org/does-not-exist"):
         AutoModelForImageTextToText.from_pretrained("org/does-not-exist", trust_remote_code=True)
+
+
+def test_push_to_a_new_branch_creates_it(loopback_hub, make_model):
+    model, processor = make_model()
+    model.push_to_hub("org/branched")
+    processor.push_to_hub("org/branched", revision="v2")  # the branch does not exist yet
+    assert "tokenizer.json" in loopback_hub.files("org/branched", revision="v2")
+    assert "tokenizer.json" not in loopback_hub.files("org/branched")

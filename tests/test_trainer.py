@@ -134,14 +134,25 @@ def test_resume_gives_the_same_loss_curve_and_groups(make_model, digit_samples, 
     resumed.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-3"))
     resumed_losses = [entry["loss"] for entry in resumed.state.log_history if "loss" in entry]
     assert resumed_losses[-3:] == pytest.approx(full_losses[-3:], abs=1e-5)
-    names = lambda trainer: [(g["name"], g["lr"]) for g in trainer.optimizer.param_groups]  # noqa: E731
-    assert [name for name, _ in names(resumed)] == [name for name, _ in names(full)]
+    assert [g["name"] for g in resumed.optimizer.param_groups] == [g["name"] for g in full.optimizer.param_groups]
+    # The optimizer state was restored into the same groups: the final moments match the uninterrupted run's.
+    for full_group, resumed_group in zip(full.optimizer.param_groups, resumed.optimizer.param_groups, strict=True):
+        for full_param, resumed_param in zip(full_group["params"], resumed_group["params"], strict=True):
+            expected = full.optimizer.state[full_param]["exp_avg"]
+            assert torch.allclose(resumed.optimizer.state[resumed_param]["exp_avg"], expected, atol=1e-6)
 
 
 def test_gradient_checkpointing_with_frozen_embeddings_trains(make_model, digit_samples, tmp_path):
-    trainer = _trainer(make_model, digit_samples, tmp_path, gradient_checkpointing=True, max_steps=3)
-    trainer.train()  # the first-step gradient check would stop a run whose LoRA got no gradient
-    assert trainer.state.global_step == 3
+    # A text-only batch enters the checkpointed layers through frozen embeddings: no input requires grad, which
+    # reentrant checkpointing (transformers 4.x's default) cannot handle.
+    text_only = [{"messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]}] * 4
+    model, processor = make_model()
+    args = _args(tmp_path, gradient_checkpointing=True, max_steps=3)
+    data = text_only + digit_samples[:8]
+    trainer = VisionBridgeTrainer(model=model, args=args, train_dataset=data, processing_class=processor)
+    trainer._get_train_sampler = lambda *args, **kwargs: torch.utils.data.SequentialSampler(data)
+    trainer.train()  # the gradient check would stop a run whose LoRA or connector got no gradient
+    assert trainer.state.global_step == 3 and not trainer.gradient_check.pending
 
 
 def test_a_trainable_tensor_without_gradient_stops_training(make_model, digit_samples, tmp_path):
@@ -205,14 +216,14 @@ def test_every_argument_parses_from_the_command_line(tmp_path):
             "c_attn|w1|w2",
             "--lora_vision",
             "--freeze_vision_tower",
-            "false",
+            "true",
             "--use_cpu",
             "--model_max_length",
             "512",
         ]
     )
     assert (args.stage, args.connector_lr, args.vision_lr, args.lora_r) == ("align", 1e-4, 2e-5, 8)
-    assert args.lora_vision and not args.freeze_vision_tower and args.freeze_language_model
+    assert args.lora_vision and args.freeze_vision_tower and args.freeze_language_model
     assert args.lora_target_modules == "c_attn|w1|w2" and args.model_max_length == 512
     if "activation_checkpointing_kwargs" not in VisionBridgeTrainingArguments.__dataclass_fields__:  # 4.x
         assert args.gradient_checkpointing_kwargs == {"use_reentrant": False}
@@ -285,19 +296,100 @@ def test_model_card_carries_the_hub_metadata(make_model, digit_samples, tmp_path
     from huggingface_hub import ModelCard
 
     trainer = _trainer(make_model, digit_samples, tmp_path, hub_model_id="org/digits-adapter")
-    trainer.create_model_card(dataset_tags="sklearn/digits")
+    config = trainer.model.get_base_model().config
+    assert Path(config.text_config._name_or_path).is_dir()  # a local folder: not a base model on the Hub
+    config.vision_config._name_or_path = "openai/clip-vit-large-patch14-336"
+    trainer.create_model_card(dataset_tags="sklearn/digits", license="mit", tags=["digits"])
     card = ModelCard.load(tmp_path / "out" / "README.md")
     data = card.data.to_dict()
     assert data["library_name"] == "peft" and data["pipeline_tag"] == "image-text-to-text"
-    assert len(data["base_model"]) == 2 and data["base_model"][0].endswith("tiny-clip")
-    assert {"visionbridge", "mlp2x_gelu", "lora"} <= set(data["tags"])
-    assert data["license"] == "apache-2.0" and data["datasets"] == ["sklearn/digits"]
+    assert data["base_model"] == ["openai/clip-vit-large-patch14-336"]
+    assert {"visionbridge", "mlp2x_gelu", "lora", "digits"} <= set(data["tags"])
+    assert data["license"] == "mit" and data["datasets"] == ["sklearn/digits"]
     for text in (
         "PeftModel.from_pretrained",
         "org/digits-adapter",
         "AutoModelForVision2Seq",
+        "from_pretrained(BASE,",  # no Hub repo is known for the base model
         "| stage | instruct |",
         "| connector learning rate | 0.003 |",
+        "| language model learning rate | 0.001 (LoRA) |",
+        "| vision tower learning rate | frozen |",
         "16 / 32 / 0.05",
     ):
         assert text in card.text, text
+
+    full = _trainer(make_model, digit_samples, tmp_path, stage="full", freeze_vision_tower=False, vision_lr=1e-5)
+    full.create_model_card(finetuned_from="org/base")
+    text = (tmp_path / "out" / "README.md").read_text()
+    assert "| language model learning rate | 0.001 (full) |" in text
+    assert "| vision tower learning rate | 1e-05 (full) |" in text
+    assert "license" not in ModelCard(text).data.to_dict()
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"freeze_vision_tower": False}, "lora_vision to adapt the tower"),
+        ({"stage": "align", "lora_vision": True, "freeze_vision_tower": False}, "does not save"),
+        ({"freeze_language_model": False}, "use stage='full'"),
+        ({"stage": "full", "lora_vision": True}, "lose the trained LLM weights"),
+    ],
+)
+def test_weights_an_adapter_would_not_save_are_refused(tmp_path, settings, message):
+    with pytest.raises(ValueError, match=message):
+        _args(tmp_path, **settings)
+
+
+def test_a_text_only_first_batch_defers_the_connector_check(make_model, digit_samples, tmp_path):
+    text_only = [{"messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]}] * 4
+    data = text_only + digit_samples[:4]  # step 1: text only; step 2: images
+    model, processor = make_model()
+    trainer = VisionBridgeTrainer(
+        model=model, args=_args(tmp_path, max_steps=2), train_dataset=data, processing_class=processor
+    )
+    trainer._get_train_sampler = lambda *args, **kwargs: torch.utils.data.SequentialSampler(data)
+    trainer.train()
+    assert trainer.state.global_step == 2 and not trainer.gradient_check.pending
+
+    # A connector tensor that never reaches the loss is still caught, at the first step with images.
+    model, processor = make_model()
+    model.connector.register_parameter("unused", torch.nn.Parameter(torch.ones(3)))
+    trainer = VisionBridgeTrainer(
+        model=model, args=_args(tmp_path, max_steps=2), train_dataset=data, processing_class=processor
+    )
+    trainer._get_train_sampler = lambda *args, **kwargs: torch.utils.data.SequentialSampler(data)
+    with pytest.raises(RuntimeError, match=r"At step 2 .*connector\.modules_to_save\.default\.unused"):
+        trainer.train()
+
+
+def test_an_adapter_loaded_frozen_trains_its_connector(make_model, digit_samples, tmp_path):
+    trained = _trainer(make_model, digit_samples, tmp_path, max_steps=1)
+    trained.save_model(tmp_path / "adapter")
+    model, processor = make_model()
+    frozen = PeftModel.from_pretrained(model, tmp_path / "adapter")  # is_trainable=False
+    trainer = VisionBridgeTrainer(model=frozen, args=_args(tmp_path), processing_class=processor)
+    parts = {part_of(name) for name, p in trainer.model.named_parameters() if p.requires_grad}
+    assert parts == {"connector", "language_model"}
+
+
+def test_logged_learning_rate_is_the_language_models(make_model, digit_samples, tmp_path):
+    trainer = _trainer(make_model, digit_samples, tmp_path, lr_scheduler_type="constant", max_steps=2)
+    assert trainer.create_optimizer().param_groups[0]["name"] == "language_model"
+    trainer.train()
+    assert [entry["learning_rate"] for entry in trainer.state.log_history if "loss" in entry] == [1e-3, 1e-3]
+
+
+def test_supervised_share_is_logged_with_dataloader_workers(make_model, digit_samples, tmp_path):
+    trainer = _trainer(make_model, digit_samples, tmp_path, max_steps=2, dataloader_num_workers=1)
+    trainer.train()
+    shares = [entry["supervised_share"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(shares) == 2 and all(0 < share < 1 for share in shares)
+
+
+def test_optimizers_that_build_their_own_groups_are_refused(make_model, digit_samples, tmp_path, monkeypatch):
+    trainer = _trainer(make_model, digit_samples, tmp_path)
+    own = lambda *args: (torch.optim.AdamW, {"params": [], "lr": 1e-3})  # noqa: E731  (what GaLore returns)
+    monkeypatch.setattr(trainer, "get_optimizer_cls_and_kwargs", own)
+    with pytest.raises(ValueError, match="builds its own parameter groups"):
+        trainer.create_optimizer()

@@ -37,9 +37,9 @@ class VisionBridgeTrainingArguments(TrainingArguments):
     lora_target_modules: str | None = field(
         default=None,
         metadata={
-            "help": "Module names to adapt, as a regex over the last name part or a comma list (q_proj,v_proj; "
-            "c_attn|w1|w2). Applied inside the LLM only (and the vision tower with --lora_vision); default: "
-            "every linear layer of the LLM except its output head."
+            "help": "Names of the modules to adapt (the last part of their name), separated by commas or '|': "
+            "q_proj,v_proj or c_attn|w1|w2. Applied inside the LLM only (and the vision tower with "
+            "--lora_vision); default: every linear layer of the LLM except its output head."
         },
     )
     lora_vision: bool = field(default=False, metadata={"help": "Also put LoRA adapters on the vision tower."})
@@ -64,10 +64,26 @@ class VisionBridgeTrainingArguments(TrainingArguments):
             self.freeze_language_model = self.stage != "full"
         if self.stage == "full" and self.freeze_language_model:
             raise ValueError("stage='full' trains the LLM's weights: it cannot be combined with freeze_language_model.")
+        # A LoRA run saves an adapter (LoRA + connector): weights trained outside it would be lost.
+        if self.uses_lora and not self.freeze_vision_tower:
+            raise ValueError(
+                "freeze_vision_tower=False trains the tower's own weights, which a LoRA adapter does not save: "
+                "use lora_vision to adapt the tower, or stage='full' without lora_vision to train it fully."
+            )
+        if self.stage == "instruct" and not self.freeze_language_model:
+            raise ValueError(
+                "stage='instruct' saves a LoRA adapter, which would not hold LLM weights trained with "
+                "freeze_language_model=False: use stage='full' to train every LLM weight."
+            )
+        if self.stage == "full" and self.lora_vision:
+            raise ValueError(
+                "stage='full' with lora_vision would save only an adapter and lose the trained LLM weights: "
+                "train the tower with freeze_vision_tower=False instead."
+            )
         if self.use_qlora and self.stage != "instruct":
             raise ValueError("use_qlora trains LoRA over a frozen 4-bit LLM: it needs stage='instruct'.")
-        # Non-reentrant checkpointing keeps gradients flowing when the tower and embeddings are frozen;
-        # transformers 5 (which renamed the field) already defaults to it.
+        # Reentrant checkpointing fails on a text-only batch: behind frozen embeddings no input of the checkpointed
+        # layers requires grad. transformers 5 (which renamed the field) already defaults to non-reentrant.
         if _REENTRANT_BY_DEFAULT and self.gradient_checkpointing_kwargs is None:
             self.gradient_checkpointing_kwargs = {"use_reentrant": False}
         super().__post_init__()

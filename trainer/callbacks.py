@@ -5,22 +5,37 @@ from torch import nn
 from transformers import TrainerCallback
 from transformers.utils import logging
 
+from .lora import part_of
+
 logger = logging.get_logger(__name__)
 
 
 class GradientCheck(TrainerCallback):
-    """Before the first optimizer step, every trainable tensor must hold a gradient, and a non-zero one.
+    """Every trainable tensor must hold a gradient, and a non-zero one, at its first optimizer step.
 
-    A LoRA `lora_A` matrix is exempt from the non-zero part: `lora_B` starts at zero, so the gradient reaching
-    `lora_A` is exactly zero until `lora_B` has moved once.
+    The text parts are checked at the first step; the connector and the vision tower at the first step whose
+    batches held an image (the trainer sets `saw_images`), since text-only batches never reach them. A LoRA
+    `lora_A` matrix is exempt from the non-zero part: `lora_B` starts at zero, so the gradient reaching `lora_A`
+    is exactly zero until `lora_B` has moved once. DeepSpeed and FSDP keep gradients sharded off the parameters,
+    so the check is off there (`enabled=False`).
     """
 
+    def __init__(self, enabled: bool = True):
+        self.pending = {"text", "image"} if enabled else set()
+        self.saw_images = False
+
     def on_pre_optimizer_step(self, args, state, control, model: nn.Module | None = None, **kwargs):
-        if state.global_step != 0 or model is None:
+        due = {"text"} & self.pending if state.global_step == 0 else set()
+        if self.saw_images:
+            due |= {"image"} & self.pending
+        self.saw_images = False
+        if not due or model is None:
             return
+        self.pending -= due
         missing, zero = [], []
         for name, parameter in model.named_parameters():
-            if not parameter.requires_grad:
+            kind = "image" if part_of(name) in ("connector", "vision_tower") else "text"
+            if not parameter.requires_grad or kind not in due:
                 continue
             if parameter.grad is None:
                 missing.append(name)
@@ -28,8 +43,8 @@ class GradientCheck(TrainerCallback):
                 zero.append(name)
         if missing or zero:
             raise RuntimeError(
-                "After the first step these trainable tensors got no gradient, so they would never train: "
-                f"{missing[:8]}{' ...' if len(missing) > 8 else ''}; these got an all-zero gradient: "
+                f"At step {state.global_step + 1} these trainable tensors got no gradient, so they would never "
+                f"train: {missing[:8]}{' ...' if len(missing) > 8 else ''}; these got an all-zero gradient: "
                 f"{zero[:8]}{' ...' if len(zero) > 8 else ''}. Freeze them, or check that they reach the loss."
             )
 

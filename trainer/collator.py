@@ -25,14 +25,12 @@ class VisionBridgeCollator:
 
     Returns input_ids, attention_mask and labels [B, T], right-padded, and pixel_values [N, 3, H, W] for the
     batch's images in reading order (absent when there are none). A sample longer than `model_max_length` is cut
-    from the end when the cut falls after its last image placeholder, and dropped otherwise. The counters add up
-    over calls so that a trainer can log the supervised share of tokens and the dropped samples.
+    from the end when the cut falls after its last image placeholder, and dropped otherwise; `dropped_samples`
+    adds up over calls.
     """
 
     processor: VisionBridgeProcessor
     model_max_length: int | None = None
-    supervised_tokens: int = field(default=0, init=False)
-    total_tokens: int = field(default=0, init=False)  # non-pad tokens of the samples kept
     dropped_samples: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
@@ -66,8 +64,6 @@ class VisionBridgeCollator:
                 f"All {len(samples)} samples of the batch were dropped for exceeding model_max_length="
                 f"{self.model_max_length}; raise model_max_length."
             )
-        self.total_tokens += sum(len(ids) for ids, _ in rows)
-        self.supervised_tokens += sum(int((labels != IGNORE_INDEX).sum()) for _, labels in rows)
 
         length = max(len(ids) for ids, _ in rows)
         batch = {

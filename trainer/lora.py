@@ -82,7 +82,8 @@ def lora_config(model: VisionBridgeForConditionalGeneration, args: VisionBridgeT
 
 def prepare_model(model: nn.Module, args: VisionBridgeTrainingArguments) -> nn.Module:
     """Add LoRA where the arguments ask for it (once), then set which weights train: LoRA always, the
-    connector always (peft trains its copy in `modules_to_save`), LLM and tower unless frozen."""
+    connector always (peft trains its copy in `modules_to_save`), LLM and tower unless frozen. An adapter loaded
+    with `is_trainable=False` comes back frozen, and trains again."""
     if args.uses_lora and not isinstance(model, PeftModel):
         model = get_peft_model(unwrap(model), lora_config(unwrap(model), args))
     trains = {"language_model": not args.freeze_language_model, "vision_tower": not args.freeze_vision_tower}
@@ -91,7 +92,7 @@ def prepare_model(model: nn.Module, args: VisionBridgeTrainingArguments) -> nn.M
         part = part_of(name)
         if part == "vision_tower" and _under(name, unused):
             parameter.requires_grad_(False)
-        elif "lora_" in name:
+        elif "lora_" in name or ".modules_to_save." in name:
             parameter.requires_grad_(True)
         elif part in trains:
             parameter.requires_grad_(trains[part])

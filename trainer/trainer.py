@@ -17,7 +17,7 @@ from .arguments import VisionBridgeTrainingArguments
 from .callbacks import GradientCheck
 from .collator import VisionBridgeCollator
 from .data import VisionBridgeDataset
-from .lora import PARTS, part_of, prepare_model, unwrap
+from .lora import part_of, prepare_model, unwrap
 from .model_card import render_model_card
 
 logger = logging.get_logger(__name__)
@@ -35,15 +35,23 @@ def _refuse_deepspeed_optimizer(deepspeed) -> None:
         )
 
 
+# A tokenizer without a real length limit reports a huge sentinel model_max_length.
+_NO_LENGTH_LIMIT = 10**6
+
+
 def _check_qlora(model: nn.Module) -> None:
     if not torch.cuda.is_available():
         raise ValueError("use_qlora needs a CUDA GPU for bitsandbytes' 4-bit kernels, and none is available here.")
-    if not getattr(unwrap(model).language_model, "is_loaded_in_4bit", False):
+    if not any(type(module).__name__ == "Linear4bit" for module in unwrap(model).language_model.modules()):
         raise ValueError(
             "use_qlora trains LoRA over a 4-bit LLM: load the model with "
             "quantization_config=BitsAndBytesConfig(load_in_4bit=True, llm_int8_skip_modules=['vision_tower', "
             "'connector', 'lm_head'])."
         )
+
+
+def _as_list(value: str | list[str] | None) -> list[str] | None:
+    return [value] if isinstance(value, str) else value
 
 
 class VisionBridgeTrainer(Trainer):
@@ -69,18 +77,36 @@ class VisionBridgeTrainer(Trainer):
             if processor is None:
                 raise ValueError("Pass processing_class (the VisionBridgeProcessor) or a data_collator.")
             max_length = args.model_max_length or processor.tokenizer.model_max_length
-            data_collator = VisionBridgeCollator(processor, model_max_length=max_length if max_length < 10**6 else None)
+            max_length = max_length if max_length < _NO_LENGTH_LIMIT else None
+            data_collator = VisionBridgeCollator(processor, model_max_length=max_length)
         super().__init__(model=model, args=args, data_collator=data_collator, **kwargs)
-        self.add_callback(GradientCheck())
+        self.gradient_check = GradientCheck(enabled=not (self.is_deepspeed_enabled or self.is_fsdp_enabled))
+        self.add_callback(self.gradient_check)
+        self._supervised_tokens = self._total_tokens = 0
 
-    def create_model_card(self, *args, dataset_tags=None, dataset=None, **kwargs) -> None:
-        """Write README.md from model_card.md (called by push_to_hub); `dataset_tags`/`dataset` name the data."""
+    def create_model_card(
+        self,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        finetuned_from: str | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        **kwargs,
+    ) -> None:
+        """Write README.md from model_card.md (push_to_hub calls it with its keyword arguments):
+        `dataset_tags`/`dataset` name the data, `finetuned_from` the Hub repo an adapter applies to."""
         if not self.is_world_process_zero():
             return
-        datasets = dataset_tags or dataset
-        datasets = [datasets] if isinstance(datasets, str) else datasets
-        repo_id = getattr(self, "hub_model_id", None) or self.args.hub_model_id or Path(self.args.output_dir).name
-        card = render_model_card(self.model, repo_id, self.args, datasets)
+        repo_id = self.args.hub_model_id or Path(self.args.output_dir).name
+        card = render_model_card(
+            self.model,
+            repo_id,
+            self.args,
+            datasets=_as_list(dataset_tags or dataset),
+            license=license,
+            tags=_as_list(tags),
+            base_repo=finetuned_from,
+        )
         card.save(Path(self.args.output_dir) / "README.md")
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
@@ -90,14 +116,15 @@ class VisionBridgeTrainer(Trainer):
             return self.optimizer
         model = model if model is not None else self.model
         args = self.args
+        # The language model's group comes first: the Trainer logs the first group's rate as learning_rate.
         rates = {
-            "connector": args.connector_lr or args.learning_rate,
             "language_model": args.learning_rate,
+            "connector": args.connector_lr or args.learning_rate,
             "vision_tower": args.vision_lr or args.learning_rate,
         }
         decaying = set(self.get_decay_parameter_names(model))
         groups = []
-        for part in PARTS:
+        for part in rates:
             for decays in (True, False):
                 params = [
                     parameter
@@ -114,6 +141,13 @@ class VisionBridgeTrainer(Trainer):
                         }
                     )
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(args, model)
+        own_groups = {"params", "model", "optimizer_dict"} & set(optimizer_kwargs)
+        if own_groups:
+            raise ValueError(
+                f"optim={args.optim} builds its own parameter groups ({', '.join(sorted(own_groups))}), which would "
+                "replace the per-part learning rates: choose one that takes groups (adamw_torch, adamw_8bit, "
+                "adafactor, ...)."
+            )
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         table = "\n".join(
             f"  {group['name']:<28} {sum(p.numel() for p in group['params']):>14,} {group['lr']:>10.2e}"
@@ -123,9 +157,8 @@ class VisionBridgeTrainer(Trainer):
         return self.optimizer
 
     def log(self, logs: dict, *args, **kwargs) -> None:
-        collator = self.data_collator
-        if "loss" in logs and isinstance(collator, VisionBridgeCollator) and collator.total_tokens:
-            logs["supervised_share"] = round(collator.supervised_tokens / collator.total_tokens, 4)
+        if "loss" in logs and self._total_tokens:
+            logs["supervised_share"] = round(self._supervised_tokens / self._total_tokens, 4)
         super().log(logs, *args, **kwargs)
 
     def train(self, *args, **kwargs):
@@ -137,9 +170,16 @@ class VisionBridgeTrainer(Trainer):
         return output
 
     def training_step(self, model: nn.Module, inputs: dict, *args, **kwargs) -> torch.Tensor:
+        # Counted here rather than in the collator, whose counters stay inside dataloader worker processes.
+        if "labels" in inputs:
+            self._supervised_tokens += int((inputs["labels"] != -100).sum())
+            self._total_tokens += int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else 0
+        self.gradient_check.saw_images |= inputs.get("pixel_values") is not None
         loss = super().training_step(model, inputs, *args, **kwargs)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"The training loss is {loss.item()} at step {self.state.global_step + 1}.")
+        # Reading the loss forces a device sync, so it is checked on logging steps only (and on the first).
+        step = self.state.global_step + 1
+        if (step == 1 or step % max(self.args.logging_steps, 1) == 0) and not torch.isfinite(loss):
+            raise FloatingPointError(f"The training loss is {loss.item()} at step {step}.")
         return loss
 
     def _get_train_sampler(self, *args, **kwargs):
