@@ -9,7 +9,7 @@ from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
 from .configuration import CONNECTOR_NAMES, VisionBridgeConfig
 from .modeling import VisionBridgeForConditionalGeneration, from_blip2, from_components, from_llava
-from .processing import VisionBridgeProcessor
+from .processing import VisionBridgeProcessor, draw_boxes, parse_boxes
 from .trainer import VisionBridgeTrainer, VisionBridgeTrainingArguments, load_training_data
 
 AutoConfig.register(VisionBridgeConfig.model_type, VisionBridgeConfig, exist_ok=True)
@@ -28,8 +28,10 @@ __all__ = [
     "VisionBridgeProcessor",
     "VisionBridgeTrainer",
     "VisionBridgeTrainingArguments",
+    "draw_boxes",
     "from_blip2",
     "from_components",
     "from_llava",
     "load_training_data",
+    "parse_boxes",
 ]

@@ -88,6 +88,10 @@ def build_tiny_components(
         f"{name}_id": tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS[name])
         for name in ("bos_token", "eos_token", "pad_token")
     }
-    AutoModelForCausalLM.from_config(_language_config(language, len(tokenizer), ids)).save_pretrained(language_path)
+    llm = AutoModelForCausalLM.from_config(_language_config(language, len(tokenizer), ids))
+    # At the usual std 0.02, a random head frozen under LoRA bounds the logits to about +-1: too flat to ever
+    # state an answer with confidence. A wider head leaves the adapters a language they can learn to speak.
+    torch.nn.init.normal_(llm.get_output_embeddings().weight, std=0.1)
+    llm.save_pretrained(language_path)
     tokenizer.save_pretrained(language_path)
     return str(vision_path), str(language_path)

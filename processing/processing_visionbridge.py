@@ -1,8 +1,9 @@
 """VisionBridgeProcessor: the vision tower's image processor plus the LLM's tokenizer.
 
 Text carries one `<image>` per image; the processor expands each to `image_seq_length` placeholder tokens, the
-number the model's config fixes for its encoder and connector. The processor reads that number (and the aspect
-ratio policy) from the config.json beside it, so it is stored once.
+number the model's config fixes for its encoder and connector. The processor takes that number (and the aspect
+ratio policy) from the config.json beside it, and keeps a copy in processor_config.json for folders without
+one (an adapter's).
 """
 
 import json
@@ -13,6 +14,7 @@ import torch
 import transformers
 from PIL import Image
 from transformers import BatchFeature, ProcessorMixin
+from transformers.utils import cached_file
 
 from ..configuration.configuration_visionbridge import VisionBridgeConfig
 from ..modeling.hub_upload import pop_hub_kwargs, push_folder
@@ -60,11 +62,20 @@ class VisionBridgeProcessor(ProcessorMixin):
         image_processor_class = "AutoImageProcessor"
         tokenizer_class = "AutoTokenizer"
 
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, image_token="<image>", **kwargs):
+    def __init__(
+        self,
+        image_processor=None,
+        tokenizer=None,
+        chat_template=None,
+        image_token="<image>",
+        image_seq_length: int | None = None,
+        image_aspect_ratio: str = "pad",
+        **kwargs,
+    ):
         self.image_token = image_token
-        # Not saved with the processor: `bind_config` copies them from the model config.
-        self.image_seq_length: int | None = None
-        self.image_aspect_ratio = "pad"
+        # `bind_config` sets them from the model config; an adapter folder's processor brings its own copy.
+        self.image_seq_length = image_seq_length
+        self.image_aspect_ratio = image_aspect_ratio
         super().__init__(image_processor, tokenizer, chat_template=chat_template or DEFAULT_CHAT_TEMPLATE)
 
     @property
@@ -92,8 +103,19 @@ class VisionBridgeProcessor(ProcessorMixin):
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "VisionBridgeProcessor":
         processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
-        config = VisionBridgeConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
-        return processor.bind_config(config)
+        found = cached_file(
+            pretrained_model_name_or_path, "config.json", _raise_exceptions_for_missing_entries=False, **hub_kwargs
+        )
+        if found is not None:
+            return processor.bind_config(
+                VisionBridgeConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+            )
+        if processor.image_seq_length is None:
+            raise ValueError(
+                f"{pretrained_model_name_or_path} has no model config.json and its processor_config.json no "
+                "image_seq_length: load the processor from the model's folder or repo."
+            )
+        return processor
 
     def preprocess_images(self, images: list) -> torch.Tensor:
         """PIL images (any mode) or paths -> pixel_values [N, 3, H, W]."""
@@ -195,7 +217,10 @@ class VisionBridgeProcessor(ProcessorMixin):
         # transformers 5 folds the image processor into processor_config.json; 4.x reads preprocessor_config.json.
         if not (directory / "preprocessor_config.json").exists():
             self.image_processor.save_pretrained(directory)
-        _rewrite_json(directory / "processor_config.json", _processor_config_for_both_lines)
+        binding = {"image_seq_length": self.image_seq_length, "image_aspect_ratio": self.image_aspect_ratio}
+        _rewrite_json(
+            directory / "processor_config.json", lambda data: {**_processor_config_for_both_lines(data), **binding}
+        )
         _rewrite_json(directory / "tokenizer_config.json", _tokenizer_config_for_both_lines)
         write_remote_code([type(self)], directory)
         if push_to_hub:

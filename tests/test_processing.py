@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -138,10 +140,13 @@ def test_processor_save_load_reads_the_count_from_the_config(make_model, tmp_pat
     model, processor = make_model(image_aspect_ratio="resize")
     model.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
+    # The processor keeps a copy for folders without a config (adapters); beside a config.json, the config wins.
+    saved = json.loads((tmp_path / "processor_config.json").read_text())
+    assert (saved["image_seq_length"], saved["image_aspect_ratio"]) == (16, "resize")
+    (tmp_path / "processor_config.json").write_text(json.dumps({**saved, "image_seq_length": 5}))
     loaded = AutoProcessor.from_pretrained(tmp_path)
     assert type(loaded) is VisionBridgeProcessor
     assert loaded.image_seq_length == 16 and loaded.image_aspect_ratio == "resize"
-    assert "image_seq_length" not in (tmp_path / "processor_config.json").read_text()
     image = Image.new("RGB", (32, 20), (9, 99, 199))
     texts = ["<image> x", "<image> a longer text"]
     for key in ("input_ids", "attention_mask", "pixel_values"):

@@ -105,6 +105,7 @@ def test_training_lowers_the_loss_and_the_adapter_restores_the_trained_model(mak
     adapter_dir = tmp_path / "adapter"
     trainer.save_model(adapter_dir)
     assert (adapter_dir / "adapter_model.safetensors").is_file()
+    assert (adapter_dir / "training_args.json").is_file() and not (adapter_dir / "training_args.bin").exists()
 
     batch = trainer.data_collator(digit_samples[16:20])
     batch.pop("labels")

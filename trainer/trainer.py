@@ -109,6 +109,13 @@ class VisionBridgeTrainer(Trainer):
         )
         card.save(Path(self.args.output_dir) / "README.md")
 
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        super()._save(output_dir, state_dict)
+        # The Trainer pickles its arguments to training_args.bin; the same arguments are kept as JSON instead.
+        directory = Path(output_dir or self.args.output_dir)
+        (directory / "training_args.bin").unlink(missing_ok=True)
+        (directory / "training_args.json").write_text(self.args.to_json_string())
+
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         """One group per part (connector at connector_lr, LLM at learning_rate, vision at vision_lr), each split
         into weights that decay and biases/norms that do not; frozen tensors are in no group."""

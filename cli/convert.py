@@ -1,37 +1,27 @@
-"""The `visionbridge` command."""
+"""`visionbridge convert --from llava|blip2 SRC DST`: a LLaVA or BLIP-2 checkpoint as a VisionBridge folder."""
 
 import argparse
-import os
-import shutil
 import sys
 from pathlib import Path
 
+from .common import save_complete
+
 
 def _convert(args: argparse.Namespace) -> None:
-    from .modeling import from_blip2, from_llava
+    from ..modeling import from_blip2, from_llava
 
     destination = Path(args.destination)
     if destination.exists() and any(destination.iterdir()):
         sys.exit(f"{destination} exists and is not empty; choose a new folder.")
     convert = {"llava": from_llava, "blip2": from_blip2}[args.source_format]
     model, processor = convert(args.source)
-    # Written beside the destination, then renamed: an interrupted run leaves no folder that looks complete.
-    partial = destination.with_name(f".{destination.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
-    processor.save_pretrained(partial)
-    if destination.exists():
-        destination.rmdir()
-    os.replace(partial, destination)
+    save_complete(destination, model, processor)
     print(f"converted {args.source_format} checkpoint {args.source} -> {destination}")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="visionbridge", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    convert = commands.add_parser(
-        "convert",
-        help="convert a LLaVA (llava-hf) or BLIP-2 checkpoint into a Hub-ready VisionBridge folder",
+    convert = argparse.ArgumentParser(
+        prog="visionbridge convert",
         description="Convert a transformers LlavaForConditionalGeneration (llava-hf format) or "
         "Blip2ForConditionalGeneration (decoder-only LM) checkpoint into a VisionBridge model folder with its "
         "processor and remote code.",
@@ -45,10 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.add_argument("source", help="Hub id or local folder of the source checkpoint")
     convert.add_argument("destination", help="new folder to write the VisionBridge model into")
-    convert.set_defaults(run=_convert)
-    return parser
+    return convert
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    args.run(args)
+    _convert(build_parser().parse_args(argv))

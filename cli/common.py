@@ -1,0 +1,65 @@
+"""What the commands share: loading a model (with an adapter) for inference, writing a folder whole, and showing
+answers next to their images."""
+
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+
+def load_for_inference(model: str, adapter: str | None = None, trust_remote_code: bool = False, dtype: str = "auto"):
+    """(model, processor) from a VisionBridge folder or Hub repo, with a LoRA adapter on top when given. The
+    processor comes from the adapter when it was saved with one (its tokenizer may have grown)."""
+    torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+    loaded = AutoModelForImageTextToText.from_pretrained(model, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    processor_source = model
+    if adapter is not None:
+        from peft import PeftModel
+
+        loaded = PeftModel.from_pretrained(loaded, adapter)
+        if any((Path(adapter) / name).is_file() for name in ("processor_config.json", "preprocessor_config.json")):
+            processor_source = adapter
+    processor = AutoProcessor.from_pretrained(processor_source, trust_remote_code=trust_remote_code)
+    return loaded.eval(), processor
+
+
+def save_complete(destination: str | Path, model, processor) -> None:
+    """Save `model` and `processor` into `destination` through a hidden sibling folder renamed at the end, so an
+    interrupted save never leaves a folder that looks complete. `destination` must not exist or be empty."""
+    destination = Path(destination)
+    partial = destination.with_name(f".{destination.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    processor.save_pretrained(partial)
+    if destination.exists():
+        destination.rmdir()
+    os.replace(partial, destination)
+
+
+_SHADES = " .:-=+*#%@"
+
+
+def ascii_image(image, width: int = 16, height: int = 8) -> list[str]:
+    """A terminal sketch of `image`: `height` rows of `width` characters, darker pixels as denser marks."""
+    gray = image.convert("L").resize((width, height))
+    pixels = list(gray.tobytes())
+    rows = [pixels[row * width : (row + 1) * width] for row in range(height)]
+    return ["".join(_SHADES[(255 - value) * (len(_SHADES) - 1) // 255] for value in row) for row in rows]
+
+
+def show_answers(samples, report: dict, count: int = 5) -> None:
+    """Print the scores of an `evaluate` report and its first `count` answers beside their images."""
+    print(
+        f"held-out samples: {report['count']}  accuracy: {report['accuracy']:.3f}  "
+        f"exact match: {report['exact_match']:.3f}  caption overlap: {report['caption_overlap']:.3f}"
+    )
+    for row in report["samples"][:count]:
+        images = samples[row["index"]]["images"]
+        sketch = ascii_image(images[0]) if images else []
+        lines = [f"expected: {row['reference']!r}", f"answer:   {row['answer']!r}"]
+        for line in range(max(len(sketch), len(lines))):
+            left = sketch[line] if line < len(sketch) else " " * 16
+            print(f"  {left}   {lines[line] if line < len(lines) else ''}".rstrip())
+        print()
