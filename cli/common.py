@@ -3,6 +3,7 @@ answers next to their images."""
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -23,6 +24,13 @@ def load_for_inference(model: str, adapter: str | None = None, trust_remote_code
             processor_source = adapter
     processor = AutoProcessor.from_pretrained(processor_source, trust_remote_code=trust_remote_code)
     return loaded.eval(), processor
+
+
+def require_empty(destination: str | Path) -> None:
+    """Stop before any work when `destination` already holds something."""
+    destination = Path(destination)
+    if destination.exists() and any(destination.iterdir()):
+        sys.exit(f"{destination} exists and is not empty; choose a new folder.")
 
 
 def save_complete(destination: str | Path, model, processor) -> None:

@@ -1,18 +1,16 @@
 """`visionbridge convert --from llava|blip2 SRC DST`: a LLaVA or BLIP-2 checkpoint as a VisionBridge folder."""
 
 import argparse
-import sys
 from pathlib import Path
 
-from .common import save_complete
+from .common import require_empty, save_complete
 
 
 def _convert(args: argparse.Namespace) -> None:
     from ..modeling import from_blip2, from_llava
 
     destination = Path(args.destination)
-    if destination.exists() and any(destination.iterdir()):
-        sys.exit(f"{destination} exists and is not empty; choose a new folder.")
+    require_empty(destination)
     convert = {"llava": from_llava, "blip2": from_blip2}[args.source_format]
     model, processor = convert(args.source)
     save_complete(destination, model, processor)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .common import load_for_inference, save_complete
+from .common import load_for_inference, require_empty, save_complete
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,8 +42,7 @@ def _probe(processor, model) -> dict:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     destination = Path(args.destination)
-    if destination.exists() and any(destination.iterdir()):
-        sys.exit(f"{destination} exists and is not empty; choose a new folder.")
+    require_empty(destination)
     model, processor = load_for_inference(args.base, args.adapter, args.trust_remote_code, args.dtype)
     inputs = _probe(processor, model)
     with torch.no_grad():

@@ -133,7 +133,6 @@ def main(argv: list[str] | None = None) -> None:
     trainer = VisionBridgeTrainer(model=model, args=training_args, train_dataset=train_data, processing_class=processor)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
-    processor.save_pretrained(training_args.output_dir)
     print(f"saved the {'adapter' if training_args.uses_lora else 'model'} to {output_dir} (base model: {base})")
     if training_args.push_to_hub:
         trainer.push_to_hub(finetuned_from=base if not Path(base).exists() else None)

@@ -54,7 +54,6 @@ def main() -> None:
     trainer = VisionBridgeTrainer(model=model, args=args, train_dataset=train, processing_class=processor)
     trainer.train()
     trainer.save_model(args.output_dir)
-    processor.save_pretrained(args.output_dir)
     print("after:", *captions(trainer.model, processor, held_out, example.shown), sep="\n  ")
 
 

@@ -53,7 +53,6 @@ def main() -> None:
     aligner = VisionBridgeTrainer(model=model, args=align_args, train_dataset=align_data, processing_class=processor)
     aligner.train()
     aligner.save_model()
-    processor.save_pretrained(align_args.output_dir)
 
     # Stage 2: LoRA on the LLM, the aligned connector going on at its own rate.
     instruct_args = dataclasses.replace(args, stage="instruct", output_dir=str(output_dir / "instruct"))
@@ -62,7 +61,6 @@ def main() -> None:
     )
     instructor.train()
     instructor.save_model()
-    processor.save_pretrained(instruct_args.output_dir)
     print(f"stage 1 model: {align_args.output_dir}; stage 2 adapter: {instruct_args.output_dir}")
 
 

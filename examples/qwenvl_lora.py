@@ -90,7 +90,6 @@ def main() -> None:
     trainer = VisionBridgeTrainer(model=model, args=args, train_dataset=data, processing_class=processor)
     trainer.train()
     trainer.save_model()
-    processor.save_pretrained(args.output_dir)
 
     sample = data[0]
     (answer,) = answer_batch(trainer.model, processor, [sample], max_new_tokens=32)
