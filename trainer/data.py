@@ -15,12 +15,43 @@ import datasets
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..processing.grounding import SCALE, parse_boxes
+
 IMAGE_TOKEN = "<image>"
 FORMATS = ("llava", "qwen", "datasets")
 
 # One map for both file formats: LLaVA says human/gpt, Qwen-VL user/assistant, and some exports mix them.
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 _QWEN_IMAGE = re.compile(r"<img>(.*?)</img>", re.DOTALL)
+# What Pillow raises on a file it cannot decode: truncated or corrupt data (OSError, and SyntaxError or ValueError
+# from some plugins) and images over Image.MAX_IMAGE_PIXELS (DecompressionBombError, which is no OSError).
+IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
+
+def _image_error(error: Exception, what: str) -> Exception:
+    """`error` raised again as its kind, saying which image failed: a bomb stays a DecompressionBombError."""
+    if isinstance(error, Image.DecompressionBombError):
+        return Image.DecompressionBombError(
+            f"{what} is too large to open safely: {error} If the file is trusted, raise PIL.Image.MAX_IMAGE_PIXELS."
+        )
+    return OSError(f"Cannot read {what}: {type(error).__name__}: {error}")
+
+
+def _check_boxes(messages: list[dict], where: str) -> None:
+    """Qwen-VL grounding boxes must parse, with every coordinate in [0, SCALE)."""
+    for turn, message in enumerate(messages):
+        content = message["content"]
+        if "<box>" not in content:
+            continue
+        try:
+            found = len(parse_boxes(content, (SCALE, SCALE)))
+        except ValueError as error:
+            raise ValueError(f"{where}, turn {turn}: {error}") from error
+        if found != content.count("<box>"):
+            raise ValueError(
+                f"{where}, turn {turn}: {content.count('<box>')} <box> tags but {found} boxes of the form "
+                f"<box>(x1,y1),(x2,y2)</box> with integer coordinates in [0, {SCALE})."
+            )
 
 
 def _check_record(record: dict, where: str) -> None:
@@ -47,6 +78,7 @@ def _check_record(record: dict, where: str) -> None:
             f"{where}: {IMAGE_TOKEN} placeholders and images do not match: "
             f"placeholders: {placeholders}, images: {len(record['images'])}."
         )
+    _check_boxes(messages, where)
 
 
 class VisionBridgeDataset(Dataset):
@@ -90,8 +122,8 @@ class VisionBridgeDataset(Dataset):
             try:
                 with Image.open(path) as image:
                     image.load()
-            except OSError as error:
-                raise OSError(f"Cannot read image {path} of record {index} in {self.source}: {error}") from error
+            except IMAGE_ERRORS as error:
+                raise _image_error(error, f"image {path} of record {index} in {self.source}") from error
             images.append(image)
         return images
 
@@ -104,15 +136,26 @@ class _TableDataset(VisionBridgeDataset):
         self._images = images
 
     def _open_images(self, index: int) -> list[Image.Image]:
-        image = self._images[index]["image"]
+        try:
+            image = self._images[index]["image"]
+        except IMAGE_ERRORS as error:
+            raise _image_error(error, f"the image of row {index} of {self.source}") from error
         if not isinstance(image, Image.Image):
             raise ValueError(f"Row {index} of {self.source} has no decodable image in column 'image': {image!r:.200}.")
-        image.load()
+        try:
+            image.load()
+        except IMAGE_ERRORS as error:
+            raise _image_error(error, f"the image of row {index} of {self.source}") from error
         return [image]
 
 
 def _read_records(path: Path) -> list:
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a byte-order mark, as some editors write, is dropped
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{path} is not UTF-8 text: byte {error.start} is {error.object[error.start : error.end]!r}."
+        ) from error
     if path.suffix == ".jsonl":
         records = []
         # Split on "\n" only: splitlines() would also cut at U+2028, which JSON strings may hold unescaped.
