@@ -4,6 +4,7 @@ import io
 import json
 import logging
 
+import datasets
 import numpy as np
 import pytest
 import torch
@@ -66,6 +67,17 @@ def test_unreadable_image_names_file_record_and_data_file(tmp_path, images, name
     with pytest.raises(OSError, match="Cannot read image") as error:
         data[1]
     assert str(images / name) in str(error.value) and "record 1" in str(error.value) and str(path) in str(error.value)
+
+
+def test_undecodable_image_in_a_datasets_table_names_the_row():
+    table = datasets.Dataset.from_dict(
+        {"image": [{"bytes": _jpeg_bytes(), "path": None}, {"bytes": BAD_FILES["garbage.jpg"], "path": None}]},
+        features=datasets.Features({"image": datasets.Image()}),
+    ).add_column("text", ["a", "b"])
+    data = load_training_data(table)
+    assert data[0]["images"][0].size == (64, 48)
+    with pytest.raises(OSError, match=r"Cannot read the image of row 1 of the datasets.Dataset passed in"):
+        data[1]
 
 
 def test_decompression_bomb_names_the_file_and_the_setting(tmp_path, images, monkeypatch):

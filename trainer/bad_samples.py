@@ -10,6 +10,8 @@ from torch.utils.data import Dataset
 from .data import IMAGE_ERRORS
 
 ON_BAD_SAMPLE = ("raise", "skip")
+# What a bad sample raises: the image errors of data.py, and the ValueErrors of records and of encoding among them.
+BAD_SAMPLE_ERRORS = IMAGE_ERRORS
 SKIPPED = "skipped"  # batch entry: why each sample left out of the batch was bad, one string per sample
 RECORD = "record"  # sample entry: the sample's index in the training data, for errors
 BAD_SAMPLE = "bad_sample"  # sample entry of a stand-in for a sample that failed to load: why
@@ -29,7 +31,7 @@ class IndexedSamples(Dataset):
     def __getitem__(self, index: int) -> dict:
         try:
             sample = self.dataset[index]
-        except IMAGE_ERRORS as error:
+        except BAD_SAMPLE_ERRORS as error:
             if self.on_bad_sample == "raise":
                 raise
             return {RECORD: index, BAD_SAMPLE: f"{type(error).__name__}: {error}"}

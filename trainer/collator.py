@@ -13,8 +13,7 @@ import torch
 from transformers.utils import logging
 
 from ..processing.processing_visionbridge import VisionBridgeProcessor
-from .bad_samples import BAD_SAMPLE, ON_BAD_SAMPLE, RECORD, SKIPPED
-from .data import IMAGE_ERRORS
+from .bad_samples import BAD_SAMPLE, BAD_SAMPLE_ERRORS, ON_BAD_SAMPLE, RECORD, SKIPPED
 
 logger = logging.get_logger(__name__)
 
@@ -56,7 +55,7 @@ class VisionBridgeCollator:
         for index, sample in enumerate(samples):
             try:
                 encoded.append((index, *self._encode_sample(sample, index)))
-            except IMAGE_ERRORS as error:
+            except BAD_SAMPLE_ERRORS as error:
                 if RECORD not in sample and self.on_bad_sample == "raise":
                     raise
                 where = f"record {sample[RECORD]} of the training data" if RECORD in sample else f"sample {index}"
