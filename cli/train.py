@@ -128,7 +128,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"built-in task: {data_path} (training) and {digits['held_out']} (held out, never trained on)")
     else:
         data_path = data_args.data_path
-    train_data = load_training_data(data_path, data_args.image_folder, format=data_args.data_format)
+    train_data = load_training_data(
+        data_path, data_args.image_folder, format=data_args.data_format, on_bad_sample=training_args.on_bad_sample
+    )
 
     trainer = VisionBridgeTrainer(model=model, args=training_args, train_dataset=train_data, processing_class=processor)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)

@@ -1,7 +1,12 @@
 """Image preparation before the vision tower's own image processor: any PIL mode to RGB, LLaVA's pad-to-square."""
 
+import math
+
 import numpy as np
 from PIL import Image
+
+# Longer side below which an image is never shrunk before squaring: above any vision tower's input size.
+SQUARE_MIN_SIDE = 1024
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -17,11 +22,28 @@ def to_rgb(image: Image.Image) -> Image.Image:
         return Image.fromarray(array).convert("RGB")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
+    if image.mode == "La":  # premultiplied; Pillow converts it only to LA
+        image = image.convert("LA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def shrink_for_square(image: Image.Image, min_side: int = SQUARE_MIN_SIDE) -> Image.Image:
+    """Shrink a long, thin image before it is made square, so the square holds at most about 4x its pixels (and at
+    least `min_side` a side): padding a 1x60000 strip, under Pillow's decompression-bomb limit, would otherwise
+    allocate 60000x60000 pixels. An image of aspect ratio up to 4, or whose longer side is `min_side` or less, is
+    returned as it is."""
+    width, height = image.size
+    side = max(width, height)
+    limit = max(min_side, math.isqrt(4 * width * height))
+    if side <= limit:
+        return image
+    scale = limit / side
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return image.resize(size, Image.Resampling.BOX)  # BOX averages every source pixel: a thin line stays visible
 
 
 def pad_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image:

@@ -19,7 +19,7 @@ from transformers.utils import cached_file
 from ..configuration.configuration_visionbridge import VisionBridgeConfig
 from ..modeling.hub_upload import pop_hub_kwargs, push_folder
 from ..modeling.remote_code import AUTO_MAP, write_remote_code
-from .images import pad_to_square, stretch_to_square, to_rgb
+from .images import pad_to_square, shrink_for_square, stretch_to_square, to_rgb
 
 # LLaVA-1.5's conversation format (Vicuna v1), for language models that bring no chat template of their own.
 DEFAULT_CHAT_TEMPLATE = (
@@ -119,13 +119,14 @@ class VisionBridgeProcessor(ProcessorMixin):
 
     def preprocess_images(self, images: list) -> torch.Tensor:
         """PIL images (any mode) or paths -> pixel_values [N, 3, H, W]."""
-        images = [to_rgb(_load_image(image)) for image in images]
+        images = [shrink_for_square(to_rgb(_load_image(image))) for image in images]
         if self.image_aspect_ratio == "pad":
             fill = tuple(int(255 * mean) for mean in self.image_processor.image_mean)
             images = [pad_to_square(image, fill) for image in images]
         else:
             images = [stretch_to_square(image) for image in images]
-        return self.image_processor(images, return_tensors="pt")["pixel_values"]
+        # Said outright: guessed from the array shape, a 1x1 or 3x3 RGB image would be read as channels-first.
+        return self.image_processor(images, return_tensors="pt", input_data_format="channels_last")["pixel_values"]
 
     def __call__(self, images=None, text=None, **kwargs) -> BatchFeature:
         """text: a string or a list, with one `<image>` per image; images: a PIL image or path, a list of them in

@@ -4,6 +4,8 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from .bad_samples import ON_BAD_SAMPLE
+
 STAGES = ("align", "instruct", "full")
 _REENTRANT_BY_DEFAULT = "activation_checkpointing_kwargs" not in TrainingArguments.__dataclass_fields__
 _HAS_WARMUP_RATIO = "warmup_ratio" in TrainingArguments.__dataclass_fields__
@@ -54,6 +56,14 @@ class VisionBridgeTrainingArguments(TrainingArguments):
             "Default: the tokenizer's model_max_length."
         },
     )
+    on_bad_sample: str = field(
+        default="raise",
+        metadata={
+            "help": "What a sample that fails to load or encode (missing or corrupt image, placeholder mismatch, ...) "
+            "does: raise (stop, naming the record and file) or skip (leave it out, count it, report it at the end).",
+            "choices": list(ON_BAD_SAMPLE),
+        },
+    )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: samples are chat records that only the collator reads."}
     )
@@ -66,6 +76,8 @@ class VisionBridgeTrainingArguments(TrainingArguments):
     def __post_init__(self):
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {self.stage!r}.")
+        if self.on_bad_sample not in ON_BAD_SAMPLE:
+            raise ValueError(f"on_bad_sample must be one of {', '.join(ON_BAD_SAMPLE)}, got {self.on_bad_sample!r}.")
         if self.freeze_language_model is None:
             self.freeze_language_model = self.stage != "full"
         if self.stage == "full" and self.freeze_language_model:

@@ -13,6 +13,7 @@ import torch
 from transformers.utils import logging
 
 from ..processing.processing_visionbridge import VisionBridgeProcessor
+from .bad_samples import BAD_SAMPLE, BAD_SAMPLE_ERRORS, ON_BAD_SAMPLE, RECORD, SKIPPED
 
 logger = logging.get_logger(__name__)
 
@@ -26,11 +27,13 @@ class VisionBridgeCollator:
     Returns input_ids, attention_mask and labels [B, T], right-padded, and pixel_values [N, 3, H, W] for the
     batch's images in reading order (absent when there are none). A sample longer than `model_max_length` is cut
     from the end when the cut falls after its last image placeholder, and dropped otherwise; `dropped_samples`
-    adds up over calls.
+    adds up over calls. A sample that cannot be encoded raises, naming it; with `on_bad_sample="skip"` it is left
+    out instead, and the batch says why under "skipped" (see bad_samples.py).
     """
 
     processor: VisionBridgeProcessor
     model_max_length: int | None = None
+    on_bad_sample: str = "raise"
     dropped_samples: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
@@ -43,26 +46,40 @@ class VisionBridgeCollator:
             raise ValueError("The processor is not bound to a model config; call bind_config(model.config).")
         if self.model_max_length is not None and self.model_max_length < 1:
             raise ValueError(f"model_max_length must be positive or None, got {self.model_max_length}.")
+        if self.on_bad_sample not in ON_BAD_SAMPLE:
+            raise ValueError(f"on_bad_sample must be one of {', '.join(ON_BAD_SAMPLE)}, got {self.on_bad_sample!r}.")
 
     def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
-        sample_images = [list(sample.get("images") or []) for sample in samples]
         # Encode every sample before counting anything, so a batch rejected for a bad sample leaves no trace.
-        encoded = [
-            self.encode(sample["messages"], len(images), index)
-            for index, (sample, images) in enumerate(zip(samples, sample_images, strict=True))
-        ]
-        rows, images = [], []
-        for index, (input_ids, labels) in enumerate(encoded):
+        encoded, skipped = [], []
+        for index, sample in enumerate(samples):
+            try:
+                encoded.append((index, *self._encode_sample(sample, index)))
+            except BAD_SAMPLE_ERRORS as error:
+                if RECORD not in sample and self.on_bad_sample == "raise":
+                    raise
+                where = f"record {sample[RECORD]} of the training data" if RECORD in sample else f"sample {index}"
+                if self.on_bad_sample == "raise":
+                    raise _renamed(error, f"{where.capitalize()}: {error}") from error
+                skipped.append(f"{where}: {error}")
+        if not encoded:
+            raise ValueError(
+                f"All {len(samples)} samples of the batch are bad and were skipped (on_bad_sample='skip'), and a "
+                f"batch cannot be empty. Fix or remove these records, or shuffle the data so that bad records do not "
+                f"fill a batch: {' | '.join(skipped[:3])}"
+            )
+        rows, pixel_values = [], []
+        for index, input_ids, labels, sample_pixels in encoded:
             kept = self._fit(input_ids, labels, index)
             if kept is None:
                 self.dropped_samples += 1
             else:
                 rows.append(kept)
-                images.extend(sample_images[index])
+                pixel_values += [sample_pixels] if sample_pixels is not None else []
         if not rows:
             raise ValueError(
-                f"All {len(samples)} samples of the batch were dropped for exceeding model_max_length="
-                f"{self.model_max_length}; raise model_max_length."
+                f"All {len(encoded)} samples of the batch left to train on were dropped for exceeding "
+                f"model_max_length={self.model_max_length}; raise model_max_length."
             )
 
         length = max(len(ids) for ids, _ in rows)
@@ -75,9 +92,21 @@ class VisionBridgeCollator:
             batch["input_ids"][row, : len(ids)] = ids
             batch["attention_mask"][row, : len(ids)] = 1
             batch["labels"][row, : len(ids)] = labels
-        if images:
-            batch["pixel_values"] = self.processor.preprocess_images(images)  # [N, 3, H, W]
+        if pixel_values:
+            batch["pixel_values"] = torch.cat(pixel_values)  # [N, 3, H, W]
+        if skipped:
+            batch[SKIPPED] = skipped
         return batch
+
+    def _encode_sample(self, sample: dict, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(input_ids [T], labels [T], pixel_values [N, 3, H, W] or None)."""
+        if BAD_SAMPLE in sample:
+            raise OSError(sample[BAD_SAMPLE])
+        images = list(sample.get("images") or [])
+        input_ids, labels = self.encode(sample["messages"], len(images), index)
+        # Each sample's images apart, so that a bad one is told from the others.
+        pixel_values = self.processor.preprocess_images(images) if images else None
+        return input_ids, labels, pixel_values
 
     def encode(self, messages: list[dict], num_images: int, index: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """One conversation -> (input_ids [T], labels [T]) before truncation; `index` names it in errors."""
@@ -158,3 +187,11 @@ class VisionBridgeCollator:
     def _expand(self, text: str) -> str:
         image_token = self.processor.image_token
         return text.replace(image_token, image_token * self.processor.image_seq_length)
+
+
+def _renamed(error: Exception, message: str) -> Exception:
+    """An error of `error`'s kind with `message`, or a ValueError where that kind takes other arguments."""
+    try:
+        return type(error)(message)
+    except TypeError:
+        return ValueError(message)

@@ -14,6 +14,11 @@ from pathlib import Path
 import datasets
 from PIL import Image
 from torch.utils.data import Dataset
+from transformers.utils import logging
+
+from ..processing.grounding import SCALE, parse_boxes
+
+logger = logging.get_logger(__name__)
 
 IMAGE_TOKEN = "<image>"
 FORMATS = ("llava", "qwen", "datasets")
@@ -21,6 +26,35 @@ FORMATS = ("llava", "qwen", "datasets")
 # One map for both file formats: LLaVA says human/gpt, Qwen-VL user/assistant, and some exports mix them.
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 _QWEN_IMAGE = re.compile(r"<img>(.*?)</img>", re.DOTALL)
+# What Pillow raises on a file it cannot decode: truncated or corrupt data (OSError, and SyntaxError or ValueError
+# from some plugins) and images over Image.MAX_IMAGE_PIXELS (DecompressionBombError, which is no OSError).
+IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
+
+def _image_error(error: Exception, what: str) -> Exception:
+    """`error` raised again as its kind, saying which image failed: a bomb stays a DecompressionBombError."""
+    if isinstance(error, Image.DecompressionBombError):
+        return Image.DecompressionBombError(
+            f"{what} is too large to open safely: {error} If the file is trusted, raise PIL.Image.MAX_IMAGE_PIXELS."
+        )
+    return OSError(f"Cannot read {what}: {type(error).__name__}: {error}")
+
+
+def _check_boxes(messages: list[dict], where: str) -> None:
+    """Qwen-VL grounding boxes must parse, with every coordinate in [0, SCALE)."""
+    for turn, message in enumerate(messages):
+        content = message["content"]
+        if "<box>" not in content:
+            continue
+        try:
+            found = len(parse_boxes(content, (SCALE, SCALE)))
+        except ValueError as error:
+            raise ValueError(f"{where}, turn {turn}: {error}") from error
+        if found != content.count("<box>"):
+            raise ValueError(
+                f"{where}, turn {turn}: {content.count('<box>')} <box> tags but {found} boxes of the form "
+                f"<box>(x1,y1),(x2,y2)</box> with integer coordinates in [0, {SCALE})."
+            )
 
 
 def _check_record(record: dict, where: str) -> None:
@@ -47,6 +81,7 @@ def _check_record(record: dict, where: str) -> None:
             f"{where}: {IMAGE_TOKEN} placeholders and images do not match: "
             f"placeholders: {placeholders}, images: {len(record['images'])}."
         )
+    _check_boxes(messages, where)
 
 
 class VisionBridgeDataset(Dataset):
@@ -54,12 +89,35 @@ class VisionBridgeDataset(Dataset):
 
     `records` hold image paths in place of images: `{"messages": [{"role", "content"}, ...], "images": [path, ...]}`.
     They are checked here (see `_check_record`). `source` names the data in errors; `image_seq_length` is the
-    placeholder tokens each image becomes, counted by `lengths`.
+    placeholder tokens each image becomes, counted by `lengths`. With `on_bad_sample="skip"`, a record that fails
+    its checks stays in place, so indices keep naming records, and raises its error when read (for the trainer to
+    skip); `errors` are such failures found before, by record index.
     """
 
-    def __init__(self, records: list[dict], source: str = "the records", image_seq_length: int = 0):
+    def __init__(
+        self,
+        records: list[dict],
+        source: str = "the records",
+        image_seq_length: int = 0,
+        on_bad_sample: str = "raise",
+        errors: dict[int, str] | None = None,
+    ):
+        self.errors = dict(errors or {})
         for index, record in enumerate(records):
-            _check_record(record, f"record {index} of {source}")
+            if index in self.errors:
+                continue
+            try:
+                _check_record(record, f"record {index} of {source}")
+            except ValueError as error:
+                if on_bad_sample == "raise":
+                    raise
+                self.errors[index] = str(error)
+        if self.errors:
+            first = "\n  ".join(self.errors[index] for index in sorted(self.errors)[:5])
+            logger.warning(
+                f"{len(self.errors)} of the {len(records)} records of {source} are bad and will be skipped "
+                f"(on_bad_sample='skip'):\n  {first}"
+            )
         self.records = records
         self.source = source
         self.image_seq_length = image_seq_length
@@ -68,6 +126,8 @@ class VisionBridgeDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict:
+        if index in self.errors:
+            raise ValueError(self.errors[index])
         # Copies, so a collator that edits a sample in place cannot change the next epoch's.
         messages = [dict(message) for message in self.records[index]["messages"]]
         return {"messages": messages, "images": self._open_images(index)}
@@ -90,8 +150,8 @@ class VisionBridgeDataset(Dataset):
             try:
                 with Image.open(path) as image:
                     image.load()
-            except OSError as error:
-                raise OSError(f"Cannot read image {path} of record {index} in {self.source}: {error}") from error
+            except IMAGE_ERRORS as error:
+                raise _image_error(error, f"image {path} of record {index} in {self.source}") from error
             images.append(image)
         return images
 
@@ -104,15 +164,26 @@ class _TableDataset(VisionBridgeDataset):
         self._images = images
 
     def _open_images(self, index: int) -> list[Image.Image]:
-        image = self._images[index]["image"]
+        try:
+            image = self._images[index]["image"]
+        except IMAGE_ERRORS as error:
+            raise _image_error(error, f"the image of row {index} of {self.source}") from error
         if not isinstance(image, Image.Image):
             raise ValueError(f"Row {index} of {self.source} has no decodable image in column 'image': {image!r:.200}.")
-        image.load()
+        try:
+            image.load()
+        except IMAGE_ERRORS as error:
+            raise _image_error(error, f"the image of row {index} of {self.source}") from error
         return [image]
 
 
 def _read_records(path: Path) -> list:
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a byte-order mark, as some editors write, is dropped
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{path} is not UTF-8 text: byte {error.start} is {error.object[error.start : error.end]!r}."
+        ) from error
     if path.suffix == ".jsonl":
         records = []
         # Split on "\n" only: splitlines() would also cut at U+2028, which JSON strings may hold unescaped.
@@ -244,12 +315,15 @@ def load_training_data(
     format: str = "auto",
     prompt: str | None = None,
     image_seq_length: int = 0,
+    on_bad_sample: str = "raise",
 ) -> VisionBridgeDataset:
     """Read LLaVA JSON/JSONL, Qwen-VL JSON or a captioning `datasets.Dataset` (or its save_to_disk folder).
 
     Image paths are relative to `image_folder`, or to the data file's folder when it is None. `format="auto"`
     picks "datasets" for a Dataset or folder; for a file, "qwen" on any <img> tag, "llava" on an "image" key or
-    human/gpt roles, else "qwen" on user/assistant roles. `prompt` is the question of captioning rows.
+    human/gpt roles, else "qwen" on user/assistant roles. `prompt` is the question of captioning rows. With
+    `on_bad_sample="skip"`, a JSON record that fails its checks is kept as a stand-in that raises when read (see
+    VisionBridgeDataset) instead of stopping the load; a file that is not valid JSON still stops it.
     """
     if format not in ("auto", *FORMATS):
         raise ValueError(f"Unknown format {format!r}; expected 'auto' or one of {', '.join(FORMATS)}.")
@@ -278,8 +352,13 @@ def load_training_data(
         raise ValueError(f"{path} holds no records.")
     convert = _from_llava if (_detect(records, path) if format == "auto" else format) == "llava" else _from_qwen
     folder = Path(image_folder) if image_folder is not None else path.parent
-    samples = []
+    samples, errors = [], {}
     for index, record in enumerate(records):
-        messages, paths = convert(record, f"record {index} of {path}")
+        try:
+            messages, paths = convert(record, f"record {index} of {path}")
+        except ValueError as error:
+            if on_bad_sample == "raise":
+                raise
+            messages, paths, errors[index] = [], [], str(error)
         samples.append({"messages": messages, "images": [str(folder / image) for image in paths]})
-    return VisionBridgeDataset(samples, str(path), image_seq_length)
+    return VisionBridgeDataset(samples, str(path), image_seq_length, on_bad_sample, errors)

@@ -1,7 +1,8 @@
 """VisionBridgeTrainer: the HF Trainer with one optimizer group per part, LoRA applied for you, and checks.
 
 It overrides only what it must: construction (freezing, LoRA, collator), `create_optimizer` (per-part learning
-rates), `training_step` (a non-finite loss stops the run) and the sampler (length grouping that counts images).
+rates), `training_step` (a non-finite loss stops the run; samples skipped as bad are counted) and the sampler
+(length grouping that counts images).
 """
 
 import json
@@ -9,11 +10,13 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.data import IterableDataset
 from transformers import Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.utils import logging
 
 from .arguments import VisionBridgeTrainingArguments
+from .bad_samples import SKIPPED, IndexedSamples
 from .callbacks import GradientCheck
 from .collator import VisionBridgeCollator
 from .data import VisionBridgeDataset
@@ -54,11 +57,32 @@ def _as_list(value: str | list[str] | None) -> list[str] | None:
     return [value] if isinstance(value, str) else value
 
 
+def _check_collator(collator, on_bad_sample: str) -> None:
+    if collator is None:
+        return  # the trainer builds one with the arguments' setting
+    if not isinstance(collator, VisionBridgeCollator):
+        if on_bad_sample == "skip":
+            raise ValueError("on_bad_sample='skip' needs the VisionBridgeCollator; leave data_collator unset.")
+    elif collator.on_bad_sample != on_bad_sample:
+        raise ValueError(
+            f"The data_collator has on_bad_sample={collator.on_bad_sample!r} but the arguments say "
+            f"{on_bad_sample!r}; leave data_collator unset or build it with the same setting."
+        )
+
+
+def _index_samples(dataset, collator, on_bad_sample: str):
+    """The training data as the collator reads it: records numbered, bad ones skipped if asked (see bad_samples)."""
+    if not isinstance(collator, VisionBridgeCollator) or dataset is None or isinstance(dataset, IterableDataset):
+        return dataset  # an iterable dataset's loading errors end its iteration: they cannot be skipped one by one
+    return IndexedSamples(dataset, on_bad_sample)
+
+
 class VisionBridgeTrainer(Trainer):
     def __init__(self, model: nn.Module, args: VisionBridgeTrainingArguments, data_collator=None, **kwargs):
         if not isinstance(args, VisionBridgeTrainingArguments):
             raise TypeError(f"VisionBridgeTrainer needs VisionBridgeTrainingArguments, got {type(args).__name__}.")
         _refuse_deepspeed_optimizer(args.deepspeed)
+        _check_collator(data_collator, args.on_bad_sample)
         if args.use_qlora:
             _check_qlora(model)
             from peft import prepare_model_for_kbit_training
@@ -78,11 +102,15 @@ class VisionBridgeTrainer(Trainer):
                 raise ValueError("Pass processing_class (the VisionBridgeProcessor) or a data_collator.")
             max_length = args.model_max_length or processor.tokenizer.model_max_length
             max_length = max_length if max_length < _NO_LENGTH_LIMIT else None
-            data_collator = VisionBridgeCollator(processor, model_max_length=max_length)
+            data_collator = VisionBridgeCollator(
+                processor, model_max_length=max_length, on_bad_sample=args.on_bad_sample
+            )
+        kwargs["train_dataset"] = _index_samples(dataset, data_collator, args.on_bad_sample)
         super().__init__(model=model, args=args, data_collator=data_collator, **kwargs)
         self.gradient_check = GradientCheck(enabled=not (self.is_deepspeed_enabled or self.is_fsdp_enabled))
         self.add_callback(self.gradient_check)
         self._supervised_tokens = self._total_tokens = 0
+        self._skipped, self._skipped_reasons = 0, []  # samples skipped under on_bad_sample="skip"; the first reasons
 
     def create_model_card(
         self,
@@ -174,10 +202,25 @@ class VisionBridgeTrainer(Trainer):
         if dropped:
             logger.warning(f"{dropped} samples did not fit model_max_length without cutting an image and were dropped.")
         output.metrics["dropped_samples"] = dropped
+        # Each process skips in its own share of the data.
+        skipped = int(self.accelerator.gather(torch.tensor([self._skipped], device=self.args.device)).sum())
+        if skipped:
+            first = "\n  ".join(self._skipped_reasons)
+            logger.warning(
+                f"{skipped} bad samples were skipped (on_bad_sample='skip'); the first on this process:\n  {first}"
+            )
+        output.metrics["skipped_samples"] = skipped
         return output
+
+    def compute_loss(self, model: nn.Module, inputs: dict, *args, **kwargs):
+        inputs.pop(SKIPPED, None)  # evaluation batches; training_step has counted those of training
+        return super().compute_loss(model, inputs, *args, **kwargs)
 
     def training_step(self, model: nn.Module, inputs: dict, *args, **kwargs) -> torch.Tensor:
         # Counted here rather than in the collator, whose counters stay inside dataloader worker processes.
+        skipped = inputs.pop(SKIPPED, [])
+        self._skipped += len(skipped)
+        self._skipped_reasons += skipped[: 5 - len(self._skipped_reasons)]
         if "labels" in inputs:
             self._supervised_tokens += int((inputs["labels"] != -100).sum())
             self._total_tokens += int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else 0
