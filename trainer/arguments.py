@@ -54,6 +54,13 @@ class VisionBridgeTrainingArguments(TrainingArguments):
             "Default: the tokenizer's model_max_length."
         },
     )
+    packing: bool = field(
+        default=False,
+        metadata={
+            "help": "Lay each batch's samples end to end in one row, without padding; attention stays within each "
+            "sample (LLaMA, Mistral, Qwen2, Qwen3 language models; eager, sdpa, flex or flash attention)."
+        },
+    )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: samples are chat records that only the collator reads."}
     )

@@ -13,6 +13,7 @@ import torch
 from transformers.utils import logging
 
 from ..processing.processing_visionbridge import VisionBridgeProcessor
+from .packing import pack
 
 logger = logging.get_logger(__name__)
 
@@ -24,13 +25,15 @@ class VisionBridgeCollator:
     """Collate `{"messages": [...], "images": [...]}` samples; each `<image>` in the text stands for one image.
 
     Returns input_ids, attention_mask and labels [B, T], right-padded, and pixel_values [N, 3, H, W] for the
-    batch's images in reading order (absent when there are none). A sample longer than `model_max_length` is cut
-    from the end when the cut falls after its last image placeholder, and dropped otherwise; `dropped_samples`
-    adds up over calls.
+    batch's images in reading order (absent when there are none). With `packing`, the samples are laid end to end
+    instead: input_ids, labels and position_ids [1, sum T], no padding and no attention mask (see packing.py).
+    A sample longer than `model_max_length` is cut from the end when the cut falls after its last image
+    placeholder, and dropped otherwise; `dropped_samples` adds up over calls.
     """
 
     processor: VisionBridgeProcessor
     model_max_length: int | None = None
+    packing: bool = False
     dropped_samples: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
@@ -65,6 +68,12 @@ class VisionBridgeCollator:
                 f"{self.model_max_length}; raise model_max_length."
             )
 
+        batch = pack(rows) if self.packing else self._pad(rows)
+        if images:
+            batch["pixel_values"] = self.processor.preprocess_images(images)  # [N, 3, H, W]
+        return batch
+
+    def _pad(self, rows: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
         length = max(len(ids) for ids, _ in rows)
         batch = {
             "input_ids": torch.full((len(rows), length), self.processor.tokenizer.pad_token_id),  # [B, T]
@@ -75,8 +84,6 @@ class VisionBridgeCollator:
             batch["input_ids"][row, : len(ids)] = ids
             batch["attention_mask"][row, : len(ids)] = 1
             batch["labels"][row, : len(ids)] = labels
-        if images:
-            batch["pixel_values"] = self.processor.preprocess_images(images)  # [N, 3, H, W]
         return batch
 
     def encode(self, messages: list[dict], num_images: int, index: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
