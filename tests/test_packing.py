@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM, MistralConfig, OPTConfig, Qwen3Co
 
 from visionbridge import VisionBridgeTrainer
 from visionbridge.trainer.collator import IGNORE_INDEX, VisionBridgeCollator
-from visionbridge.trainer.packing import PACKING_MODEL_TYPES, per_sample_losses
+from visionbridge.trainer.packing import PACKING_MODEL_TYPES, check_packing_support, per_sample_losses
 
 
 def chat(*turns: str) -> list[dict]:
@@ -34,12 +34,18 @@ def _forward(model, batch: dict) -> torch.Tensor:
         return model(**batch).logits  # [B, T, V]
 
 
+@pytest.mark.parametrize("row_length", [None, 200])
 @pytest.mark.parametrize("language", ["llama", "qwen2"])
-def test_packed_and_padded_batches_give_the_same_per_sample_loss(make_model, samples, language):
+def test_packed_and_padded_batches_give_the_same_per_sample_loss(make_model, samples, language, row_length):
     model, processor = make_model(language=language)
     padded = VisionBridgeCollator(processor)(samples)
-    packed = VisionBridgeCollator(processor, packing=True)(samples)
-    assert packed["input_ids"].shape == (1, int(padded["attention_mask"].sum()))
+    packed = VisionBridgeCollator(processor, packing=True, packing_row_length=row_length)(samples)
+    lengths = padded["attention_mask"].sum(-1).tolist()
+    if row_length is None:
+        assert packed["input_ids"].shape == (1, sum(lengths))
+    else:  # lengths 104, 77, 145, 197: the first two share a row, the others get one each
+        assert lengths[0] + lengths[1] <= row_length < min(lengths[1] + lengths[2], lengths[2] + lengths[3])
+        assert packed["input_ids"].shape == (3, max(lengths[0] + lengths[1], *lengths[2:]))
     assert "attention_mask" not in packed and torch.equal(packed["pixel_values"], padded["pixel_values"])
 
     padded_losses = per_sample_losses(_forward(model, padded), padded["labels"])
@@ -122,6 +128,14 @@ def test_trainer_trains_with_packing(make_model, digit_samples, samples, tmp_pat
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert len(logged) == 3 and all(0 < entry["supervised_share"] < 1 for entry in logged)
     assert all(torch.isfinite(torch.tensor(entry["loss"])) for entry in logged)
+
+
+def test_flash_attention_is_refused_with_several_rows(make_model):
+    language_model = make_model()[0].language_model
+    language_model.config._attn_implementation = "flash_attention_2"
+    check_packing_support(language_model)  # one row: flash attention separates the samples
+    with pytest.raises(ValueError, match="finds packed samples only in a batch of one row"):
+        check_packing_support(language_model, row_length=64)
 
 
 def test_packing_is_refused_where_samples_could_see_each_other(make_model, tmp_path):

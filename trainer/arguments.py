@@ -61,6 +61,13 @@ class VisionBridgeTrainingArguments(TrainingArguments):
             "sample (LLaMA, Mistral, Qwen2, Qwen3 language models; eager, sdpa, flex or flash attention)."
         },
     )
+    packing_row_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "With packing, fill several rows of about this many tokens instead of one (eager and sdpa "
+            "attention cost the square of a row's length; not for flash attention, which needs one row)."
+        },
+    )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: samples are chat records that only the collator reads."}
     )

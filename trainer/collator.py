@@ -26,7 +26,8 @@ class VisionBridgeCollator:
 
     Returns input_ids, attention_mask and labels [B, T], right-padded, and pixel_values [N, 3, H, W] for the
     batch's images in reading order (absent when there are none). With `packing`, the samples are laid end to end
-    instead: input_ids, labels and position_ids [1, sum T], no padding and no attention mask (see packing.py).
+    instead: input_ids, labels and position_ids [1, sum T] (or rows of about `packing_row_length`), no attention
+    mask and, in one row, no padding (see packing.py).
     A sample longer than `model_max_length` is cut from the end when the cut falls after its last image
     placeholder, and dropped otherwise; `dropped_samples` adds up over calls.
     """
@@ -34,6 +35,7 @@ class VisionBridgeCollator:
     processor: VisionBridgeProcessor
     model_max_length: int | None = None
     packing: bool = False
+    packing_row_length: int | None = None
     dropped_samples: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
@@ -46,6 +48,8 @@ class VisionBridgeCollator:
             raise ValueError("The processor is not bound to a model config; call bind_config(model.config).")
         if self.model_max_length is not None and self.model_max_length < 1:
             raise ValueError(f"model_max_length must be positive or None, got {self.model_max_length}.")
+        if self.packing_row_length is not None and (not self.packing or self.packing_row_length < 1):
+            raise ValueError(f"packing_row_length={self.packing_row_length} needs packing=True and a positive value.")
 
     def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
         sample_images = [list(sample.get("images") or []) for sample in samples]
@@ -68,7 +72,10 @@ class VisionBridgeCollator:
                 f"{self.model_max_length}; raise model_max_length."
             )
 
-        batch = pack(rows) if self.packing else self._pad(rows)
+        if self.packing:
+            batch = pack(rows, self.packing_row_length, self.processor.tokenizer.pad_token_id)
+        else:
+            batch = self._pad(rows)
         if images:
             batch["pixel_values"] = self.processor.preprocess_images(images)  # [N, 3, H, W]
         return batch

@@ -3,8 +3,11 @@
 transformers keeps packed samples apart through their restarting `position_ids` when no attention mask is given:
 sdpa, eager and flex attention build a block-diagonal causal mask from them (masking_utils), and flash attention
 turns them into `cu_seqlens` for its varlen kernel. Both need exactly this layout: one row, no attention mask, no
-KV cache being filled, and a language model that hands `position_ids` to its mask builder. Flash attention reads
-packing from the position ids of a single row only, hence one row per batch rather than several.
+KV cache being filled, and a language model that hands `position_ids` to its mask builder.
+
+One row per batch suits flash attention, which reads packing from the position ids of a single row only and then
+attends within each sample. Eager and sdpa attention mask a dense square over the whole row instead, whose cost
+grows with the square of the row; `row_length` bounds it by filling several rows (nanoVLM-style).
 """
 
 import torch
@@ -19,26 +22,51 @@ PACKING_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 PACKING_ATTENTION = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3")
 
 
-def pack(rows: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """(input_ids [T_i], labels [T_i]) per sample -> input_ids, labels and position_ids [1, sum T_i].
+def pack(
+    rows: list[tuple[torch.Tensor, torch.Tensor]], row_length: int | None = None, pad_token_id: int = 0
+) -> dict[str, torch.Tensor]:
+    """(input_ids [T_i], labels [T_i]) per sample -> input_ids, labels and position_ids [R, L].
 
-    Each sample's first label is IGNORE_INDEX, so the last token of one sample is never trained to predict the
-    first token of the next.
+    Without `row_length`, one row holds every sample (R = 1, L = sum T_i). With it, samples fill rows in their
+    order, a new row starting where the next sample would pass `row_length` (a longer sample gets a row of its
+    own); rows are right-padded to the longest, the padding labelled IGNORE_INDEX and positioned after the row's
+    last sample, which it cannot affect. Each sample's first label is IGNORE_INDEX, so the last token of one
+    sample is never trained to predict the first token of the next.
     """
-    labels = [labels.clone() for _, labels in rows]
-    for sample_labels in labels:
-        sample_labels[0] = IGNORE_INDEX
-    return {
-        "input_ids": torch.cat([ids for ids, _ in rows])[None],  # [1, sum T]
-        "labels": torch.cat(labels)[None],  # [1, sum T]
-        "position_ids": torch.cat([torch.arange(len(ids)) for ids, _ in rows])[None],  # [1, sum T]
+    groups = [[]]
+    for sample in rows:
+        filled = sum(len(ids) for ids, _ in groups[-1])
+        if groups[-1] and row_length is not None and filled + len(sample[0]) > row_length:
+            groups.append([])
+        groups[-1].append(sample)
+    width = max(sum(len(ids) for ids, _ in group) for group in groups)
+    batch = {
+        "input_ids": torch.full((len(groups), width), pad_token_id),  # [R, L]
+        "labels": torch.full((len(groups), width), IGNORE_INDEX),  # [R, L]
+        "position_ids": torch.zeros(len(groups), width, dtype=torch.long),  # [R, L]
     }
+    for row, group in enumerate(groups):
+        start = 0
+        for ids, labels in group:
+            end = start + len(ids)
+            batch["input_ids"][row, start:end] = ids
+            batch["labels"][row, start + 1 : end] = labels[1:]
+            batch["position_ids"][row, start:end] = torch.arange(len(ids))
+            start = end
+        last_length = len(group[-1][0])
+        batch["position_ids"][row, start:] = torch.arange(width - start) + last_length
+    return batch
 
 
-def check_packing_support(language_model: nn.Module) -> None:
+def check_packing_support(language_model: nn.Module, row_length: int | None = None) -> None:
     """Raise unless `language_model` is known to keep packed samples apart in attention."""
     config = language_model.config
     model_type, attention = config.model_type, config._attn_implementation
+    if row_length is not None and attention.startswith("flash_attention"):
+        raise ValueError(
+            f"{attention} finds packed samples only in a batch of one row, and packing_row_length={row_length} "
+            "makes several: leave packing_row_length unset (one row suits flash attention best anyway)."
+        )
     if model_type not in PACKING_MODEL_TYPES:
         raise ValueError(
             "packing needs a language model whose attention mask follows position_ids "

@@ -79,14 +79,16 @@ class VisionBridgeTrainer(Trainer):
                 raise ValueError("Pass processing_class (the VisionBridgeProcessor) or a data_collator.")
             max_length = args.model_max_length or processor.tokenizer.model_max_length
             max_length = max_length if max_length < _NO_LENGTH_LIMIT else None
-            data_collator = VisionBridgeCollator(processor, model_max_length=max_length, packing=args.packing)
+            data_collator = VisionBridgeCollator(
+                processor, model_max_length=max_length, packing=args.packing, packing_row_length=args.packing_row_length
+            )
         if args.packing != getattr(data_collator, "packing", False):
             raise ValueError(
                 f"args.packing={args.packing} but the data_collator {'does not pack' if args.packing else 'packs'}: "
                 "set the same packing on both, or leave data_collator out."
             )
         if args.packing:
-            check_packing_support(unwrap(model).language_model)
+            check_packing_support(unwrap(model).language_model, getattr(data_collator, "packing_row_length", None))
         super().__init__(model=model, args=args, data_collator=data_collator, **kwargs)
         self.gradient_check = GradientCheck(enabled=not (self.is_deepspeed_enabled or self.is_fsdp_enabled))
         self.add_callback(self.gradient_check)
@@ -188,7 +190,7 @@ class VisionBridgeTrainer(Trainer):
         # Counted here rather than in the collator, whose counters stay inside dataloader worker processes.
         if "labels" in inputs:
             self._supervised_tokens += int((inputs["labels"] != -100).sum())
-            # A packed batch has no padding, hence no attention mask: every token is real.
+            # A packed batch has no attention mask; its tokens are real but for the row ends of several rows.
             mask = inputs.get("attention_mask")
             self._total_tokens += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
         self.gradient_check.saw_images |= inputs.get("pixel_values") is not None
