@@ -34,12 +34,14 @@ from visionbridge.trainer.lora import prepare_model
 from visionbridge.trainer.packing import per_sample_losses
 
 # size: (samples per batch, warm-up steps, timed steps, image side, longest answer in words)
-SETTINGS = {"tiny": (8, 1, 4, 32, 120), "100m": (8, 1, 4, 224, 160)}
+SETTINGS = {"tiny": (8, 1, 4, 32, 120), "100m": (8, 1, 3, 224, 160)}
 WORDS = (
     "a the picture shows temple lake blue sky red flower green leaves sun digit number one two three four five six "
     "seven eight nine zero assistant helpful detailed polite answers questions human curious what is in this"
 ).split()
 GOAL = 1.5
+# Packed rows for eager/sdpa, whose mask is a dense square over a row; flash attention takes the batch as one row.
+ROW_LENGTH = 1024
 
 
 def build_100m_components(directory: Path) -> tuple[str, str]:
@@ -102,7 +104,8 @@ def train_side(packing: bool, size: str, device: str, vision_path: str, language
         args = VisionBridgeTrainingArguments(output_dir=output_dir, stage="instruct", lora_dropout=0.0, report_to=[])
         model = prepare_model(model, args).to(device).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    collator = VisionBridgeCollator(processor, packing=packing)
+    row_length = ROW_LENGTH if packing and attention == "sdpa" else None
+    collator = VisionBridgeCollator(processor, packing=packing, packing_row_length=row_length)
     samples = long_tailed_samples(batch_size * (warmup + steps), image_side, longest_answer)
     batches = [collator(samples[i : i + batch_size]) for i in range(0, len(samples), batch_size)]
 
@@ -126,6 +129,7 @@ def train_side(packing: bool, size: str, device: str, vision_path: str, language
             first_losses = losses.tolist()
     return {
         "attention": attention,
+        "row_length": row_length,
         "seconds": seconds[warmup:],
         "tokens": tokens[warmup:],
         "slots": slots[warmup:],
@@ -167,7 +171,8 @@ def run(size: str = "tiny", device: str = "cpu") -> list[dict]:
     gap = max(abs(a - b) for a, b in zip(packed["first_losses"], padded["first_losses"], strict=True))
     batch_size, warmup, steps = SETTINGS[size][:3]
     setting = (
-        f"size={size}, device={device}, attention={packed['attention']}, {batch_size} samples/batch, "
+        f"size={size}, device={device}, attention={packed['attention']}, packing_row_length="
+        f"{packed['row_length']}, {batch_size} samples/batch, "
         f"median of {steps} steps after {warmup}"
     )
     return [
