@@ -3,9 +3,9 @@
 import pytest
 import torch
 from test_trainer import _args
-from transformers import AutoModelForCausalLM, MistralConfig, OPTConfig, Qwen3Config
+from transformers import AutoModelForCausalLM, HfArgumentParser, MistralConfig, OPTConfig, Qwen3Config
 
-from visionbridge import VisionBridgeTrainer
+from visionbridge import VisionBridgeTrainer, VisionBridgeTrainingArguments
 from visionbridge.trainer.collator import IGNORE_INDEX, VisionBridgeCollator
 from visionbridge.trainer.packing import PACKING_MODEL_TYPES, check_packing_support, per_sample_losses
 
@@ -119,7 +119,13 @@ def test_only_the_listed_language_models_isolate_packed_samples(model_type, lang
 
 def test_trainer_trains_with_packing(make_model, digit_samples, samples, tmp_path):
     model, processor = make_model()
-    args = _args(tmp_path, packing=True, max_steps=3)
+    flags = ["--output_dir", str(tmp_path), "--packing", "--max_steps", "3", "--per_device_train_batch_size", "4"]
+    flags += ["--logging_steps", "1", "--save_strategy", "no", "--report_to", "none", "--use_cpu"]
+    (args,) = HfArgumentParser(VisionBridgeTrainingArguments).parse_args_into_dataclasses(flags)
+    (with_rows,) = HfArgumentParser(VisionBridgeTrainingArguments).parse_args_into_dataclasses(
+        [*flags, "--packing_row_length", "256"]
+    )
+    assert args.packing and args.packing_row_length is None and with_rows.packing_row_length == 256
     trainer = VisionBridgeTrainer(
         model=model, args=args, train_dataset=digit_samples[:8] + samples, processing_class=processor
     )
