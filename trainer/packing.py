@@ -1,9 +1,9 @@
-"""Padding-free packing: a batch's samples laid end to end in one row, each attending only to itself.
+"""Padding-free packing: a batch's samples laid end to end in a row, each attending only to itself.
 
 transformers keeps packed samples apart through their restarting `position_ids` when no attention mask is given:
 sdpa, eager and flex attention build a block-diagonal causal mask from them (masking_utils), and flash attention
-turns them into `cu_seqlens` for its varlen kernel. Both need exactly this layout: one row, no attention mask, no
-KV cache being filled, and a language model that hands `position_ids` to its mask builder.
+turns them into `cu_seqlens` for its varlen kernel. Both need no attention mask, no KV cache being filled (the
+model turns the cache off for such a batch), and a language model that hands `position_ids` to its mask builder.
 
 One row per batch suits flash attention, which reads packing from the position ids of a single row only and then
 attends within each sample. Eager and sdpa attention mask a dense square over the whole row instead, whose cost
