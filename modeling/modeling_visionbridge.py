@@ -166,6 +166,9 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
         elif input_ids is not None and input_ids.shape[1] > 1:
             # A single decoding step may sample the placeholder id like any other; a prompt must bring its images.
             self.merge_image_features(input_ids, inputs_embeds, inputs_embeds.new_zeros(0, 0, 0))
+        if attention_mask is None and position_ids is not None and past_key_values is None:
+            # Packed samples are kept apart by their restarting position_ids only while no KV cache is being built.
+            kwargs.setdefault("use_cache", False)
         if logits_to_keep and self._lm_keeps_logits:
             kwargs["logits_to_keep"] = logits_to_keep
         return self.language_model(

@@ -64,6 +64,20 @@ class VisionBridgeTrainingArguments(TrainingArguments):
             "choices": list(ON_BAD_SAMPLE),
         },
     )
+    packing: bool = field(
+        default=False,
+        metadata={
+            "help": "Lay each batch's samples end to end in one row, without padding; attention stays within each "
+            "sample (LLaMA, Mistral, Qwen2, Qwen3 language models; eager, sdpa, flex or flash attention)."
+        },
+    )
+    packing_row_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "With packing, fill several rows of about this many tokens instead of one (eager and sdpa "
+            "attention cost the square of a row's length; not for flash attention, which needs one row)."
+        },
+    )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: samples are chat records that only the collator reads."}
     )

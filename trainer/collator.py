@@ -14,6 +14,7 @@ from transformers.utils import logging
 
 from ..processing.processing_visionbridge import VisionBridgeProcessor
 from .bad_samples import BAD_SAMPLE, BAD_SAMPLE_ERRORS, ON_BAD_SAMPLE, RECORD, SKIPPED
+from .packing import pack
 
 logger = logging.get_logger(__name__)
 
@@ -25,15 +26,20 @@ class VisionBridgeCollator:
     """Collate `{"messages": [...], "images": [...]}` samples; each `<image>` in the text stands for one image.
 
     Returns input_ids, attention_mask and labels [B, T], right-padded, and pixel_values [N, 3, H, W] for the
-    batch's images in reading order (absent when there are none). A sample longer than `model_max_length` is cut
-    from the end when the cut falls after its last image placeholder, and dropped otherwise; `dropped_samples`
-    adds up over calls. A sample that cannot be encoded raises, naming it; with `on_bad_sample="skip"` it is left
-    out instead, and the batch says why under "skipped" (see bad_samples.py).
+    batch's images in reading order (absent when there are none). With `packing`, the samples are laid end to end
+    instead: input_ids, labels and position_ids [1, sum T] (or rows of about `packing_row_length`), no attention
+    mask and, in one row, no padding (see packing.py).
+    A sample longer than `model_max_length` is cut from the end when the cut falls after its last image
+    placeholder, and dropped otherwise; `dropped_samples` adds up over calls. A sample that cannot be encoded
+    raises, naming it; with `on_bad_sample="skip"` it is left out instead, and the batch says why under
+    "skipped" (see bad_samples.py).
     """
 
     processor: VisionBridgeProcessor
     model_max_length: int | None = None
     on_bad_sample: str = "raise"
+    packing: bool = False
+    packing_row_length: int | None = None
     dropped_samples: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
@@ -48,6 +54,8 @@ class VisionBridgeCollator:
             raise ValueError(f"model_max_length must be positive or None, got {self.model_max_length}.")
         if self.on_bad_sample not in ON_BAD_SAMPLE:
             raise ValueError(f"on_bad_sample must be one of {', '.join(ON_BAD_SAMPLE)}, got {self.on_bad_sample!r}.")
+        if self.packing_row_length is not None and (not self.packing or self.packing_row_length < 1):
+            raise ValueError(f"packing_row_length={self.packing_row_length} needs packing=True and a positive value.")
 
     def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
         # Encode every sample before counting anything, so a batch rejected for a bad sample leaves no trace.
@@ -82,6 +90,17 @@ class VisionBridgeCollator:
                 f"model_max_length={self.model_max_length}; raise model_max_length."
             )
 
+        if self.packing:
+            batch = pack(rows, self.packing_row_length, self.processor.tokenizer.pad_token_id)
+        else:
+            batch = self._pad(rows)
+        if pixel_values:
+            batch["pixel_values"] = torch.cat(pixel_values)  # [N, 3, H, W]
+        if skipped:
+            batch[SKIPPED] = skipped
+        return batch
+
+    def _pad(self, rows: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
         length = max(len(ids) for ids, _ in rows)
         batch = {
             "input_ids": torch.full((len(rows), length), self.processor.tokenizer.pad_token_id),  # [B, T]
@@ -92,10 +111,6 @@ class VisionBridgeCollator:
             batch["input_ids"][row, : len(ids)] = ids
             batch["attention_mask"][row, : len(ids)] = 1
             batch["labels"][row, : len(ids)] = labels
-        if pixel_values:
-            batch["pixel_values"] = torch.cat(pixel_values)  # [N, 3, H, W]
-        if skipped:
-            batch[SKIPPED] = skipped
         return batch
 
     def _encode_sample(self, sample: dict, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

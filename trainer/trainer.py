@@ -22,6 +22,7 @@ from .collator import VisionBridgeCollator
 from .data import VisionBridgeDataset
 from .lora import part_of, prepare_model, unwrap
 from .model_card import render_model_card
+from .packing import check_packing_support
 
 logger = logging.get_logger(__name__)
 
@@ -103,8 +104,19 @@ class VisionBridgeTrainer(Trainer):
             max_length = args.model_max_length or processor.tokenizer.model_max_length
             max_length = max_length if max_length < _NO_LENGTH_LIMIT else None
             data_collator = VisionBridgeCollator(
-                processor, model_max_length=max_length, on_bad_sample=args.on_bad_sample
+                processor,
+                model_max_length=max_length,
+                on_bad_sample=args.on_bad_sample,
+                packing=args.packing,
+                packing_row_length=args.packing_row_length,
             )
+        if args.packing != getattr(data_collator, "packing", False):
+            raise ValueError(
+                f"args.packing={args.packing} but the data_collator {'does not pack' if args.packing else 'packs'}: "
+                "set the same packing on both, or leave data_collator out."
+            )
+        if args.packing:
+            check_packing_support(unwrap(model).language_model, getattr(data_collator, "packing_row_length", None))
         kwargs["train_dataset"] = _index_samples(dataset, data_collator, args.on_bad_sample)
         super().__init__(model=model, args=args, data_collator=data_collator, **kwargs)
         self.gradient_check = GradientCheck(enabled=not (self.is_deepspeed_enabled or self.is_fsdp_enabled))
@@ -223,7 +235,9 @@ class VisionBridgeTrainer(Trainer):
         self._skipped_reasons += skipped[: 5 - len(self._skipped_reasons)]
         if "labels" in inputs:
             self._supervised_tokens += int((inputs["labels"] != -100).sum())
-            self._total_tokens += int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else 0
+            # A packed batch has no attention mask; its tokens are real but for the row ends of several rows.
+            mask = inputs.get("attention_mask")
+            self._total_tokens += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
         self.gradient_check.saw_images |= inputs.get("pixel_values") is not None
         loss = super().training_step(model, inputs, *args, **kwargs)
         # Reading the loss forces a device sync, so it is checked on logging steps only (and on the first).

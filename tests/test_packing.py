@@ -1,0 +1,158 @@
+"""Padding-free packing: packed and padded batches of the same samples train on the same per-sample losses."""
+
+import pytest
+import torch
+from test_trainer import _args
+from transformers import AutoModelForCausalLM, HfArgumentParser, MistralConfig, OPTConfig, Qwen3Config
+
+from visionbridge import VisionBridgeTrainer, VisionBridgeTrainingArguments
+from visionbridge.trainer.collator import IGNORE_INDEX, VisionBridgeCollator
+from visionbridge.trainer.packing import PACKING_MODEL_TYPES, check_packing_support, per_sample_losses
+
+
+def chat(*turns: str) -> list[dict]:
+    return [{"role": ("user", "assistant")[i % 2], "content": text} for i, text in enumerate(turns)]
+
+
+@pytest.fixture(scope="module")
+def samples(photos) -> list[dict]:
+    """Lengths from a few tokens to a few hundred: one image, none, two images, a long multi-turn chat."""
+    small = [photo.resize((64, 48)) for photo in photos]
+    return [
+        {"messages": chat("<image>\nWhat is in this picture?", "A temple by a lake."), "images": small[:1]},
+        {"messages": chat("Say a digit.", "seven")},
+        {
+            "messages": chat("<image> and <image>: which has a flower?", "The second.", "And the first?", "A temple."),
+            "images": small,
+        },
+        {"messages": chat(*[f"Describe the image in {n} words." if n % 2 else "A red flower." for n in range(1, 11)])},
+    ]
+
+
+def _forward(model, batch: dict) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**batch).logits  # [B, T, V]
+
+
+@pytest.mark.parametrize("row_length", [None, 200])
+@pytest.mark.parametrize("language", ["llama", "qwen2"])
+def test_packed_and_padded_batches_give_the_same_per_sample_loss(make_model, samples, language, row_length):
+    model, processor = make_model(language=language)
+    padded = VisionBridgeCollator(processor)(samples)
+    packed = VisionBridgeCollator(processor, packing=True, packing_row_length=row_length)(samples)
+    lengths = padded["attention_mask"].sum(-1).tolist()
+    if row_length is None:
+        assert packed["input_ids"].shape == (1, sum(lengths))
+    else:  # lengths 104, 77, 145, 197: the first two share a row, the others get one each
+        assert lengths[0] + lengths[1] <= row_length < min(lengths[1] + lengths[2], lengths[2] + lengths[3])
+        assert packed["input_ids"].shape == (3, max(lengths[0] + lengths[1], *lengths[2:]))
+    assert "attention_mask" not in packed and torch.equal(packed["pixel_values"], padded["pixel_values"])
+
+    padded_losses = per_sample_losses(_forward(model, padded), padded["labels"])
+    packed_losses = per_sample_losses(_forward(model, packed), packed["labels"], packed["position_ids"])
+    assert padded_losses.shape == packed_losses.shape == (len(samples),)
+    torch.testing.assert_close(packed_losses, padded_losses, rtol=1e-5, atol=1e-5)
+    # The model's own loss (mean over every supervised token of the batch) agrees as well.
+    torch.testing.assert_close(model(**packed).loss, model(**padded).loss, rtol=1e-5, atol=1e-5)
+
+
+def test_positions_restart_and_no_label_crosses_a_join(make_model, samples):
+    processor = make_model()[1]
+    packed = VisionBridgeCollator(processor, packing=True)(samples)
+    padded = VisionBridgeCollator(processor)(samples)
+    lengths = padded["attention_mask"].sum(-1).tolist()
+    starts = torch.tensor([0, *lengths[:-1]]).cumsum(0)
+    positions = packed["position_ids"][0]
+    assert torch.equal((positions == 0).nonzero().flatten(), starts)
+    assert torch.equal(positions, torch.cat([torch.arange(length) for length in lengths]))
+    assert (packed["labels"][0, starts] == IGNORE_INDEX).all()
+    # Apart from the first token of each sample, the labels are the padded rows' real tokens in order.
+    real = padded["labels"][padded["attention_mask"].bool()]
+    real[starts] = IGNORE_INDEX
+    assert torch.equal(packed["labels"][0], real)
+
+
+@pytest.mark.parametrize("language", ["llama", "qwen2"])
+def test_a_packed_sample_cannot_see_the_one_before(make_model, samples, language):
+    model, processor = make_model(language=language)
+    packed = VisionBridgeCollator(processor, packing=True)(samples[:3])
+    first_end = int((packed["position_ids"][0] == 0).nonzero()[1])
+    changed = {**packed, "input_ids": packed["input_ids"].clone()}
+    text = changed["input_ids"][0, :first_end] != processor.image_token_id
+    changed["input_ids"][0, :first_end][text] = processor.tokenizer.eos_token_id
+    changed["pixel_values"] = packed["pixel_values"].clone()
+    changed["pixel_values"][0] = changed["pixel_values"][0].flip(-1)  # the first sample's image, mirrored
+
+    before, after = _forward(model, packed), _forward(model, changed)
+    assert not torch.allclose(before[0, :first_end], after[0, :first_end])
+    torch.testing.assert_close(after[0, first_end:], before[0, first_end:], rtol=0, atol=1e-6)
+
+
+def _tiny_language_model(config_class, **sizes):
+    config = config_class(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, **sizes)
+    return AutoModelForCausalLM.from_config(config)
+
+
+@pytest.mark.parametrize(
+    ("model_type", "language_model"),
+    [
+        ("mistral", lambda: _tiny_language_model(MistralConfig, intermediate_size=64, num_key_value_heads=2)),
+        ("qwen3", lambda: _tiny_language_model(Qwen3Config, intermediate_size=64, num_key_value_heads=2, head_dim=8)),
+        ("opt", lambda: _tiny_language_model(OPTConfig, ffn_dim=64, word_embed_proj_dim=32)),
+    ],
+)
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_only_the_listed_language_models_isolate_packed_samples(model_type, language_model, attention):
+    """The support list is right: the listed models keep packed samples apart, OPT (refused) does not."""
+    torch.manual_seed(0)
+    model = language_model()
+    model.config._attn_implementation = attention
+    ids = torch.randint(4, 64, (1, 12))
+    position_ids = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5, 6]])
+    changed = ids.clone()
+    changed[0, :5] = 3
+    with torch.no_grad():
+        before, after = (model(input_ids=i, position_ids=position_ids, use_cache=False).logits for i in (ids, changed))
+    isolated = torch.allclose(before[0, 5:], after[0, 5:], atol=1e-6)
+    assert isolated == (model_type in PACKING_MODEL_TYPES)
+
+
+def test_trainer_trains_with_packing(make_model, digit_samples, samples, tmp_path):
+    model, processor = make_model()
+    flags = ["--output_dir", str(tmp_path), "--packing", "--max_steps", "3", "--per_device_train_batch_size", "4"]
+    flags += ["--logging_steps", "1", "--save_strategy", "no", "--report_to", "none", "--use_cpu"]
+    (args,) = HfArgumentParser(VisionBridgeTrainingArguments).parse_args_into_dataclasses(flags)
+    (with_rows,) = HfArgumentParser(VisionBridgeTrainingArguments).parse_args_into_dataclasses(
+        [*flags, "--packing_row_length", "256"]
+    )
+    assert args.packing and args.packing_row_length is None and with_rows.packing_row_length == 256
+    trainer = VisionBridgeTrainer(
+        model=model, args=args, train_dataset=digit_samples[:8] + samples, processing_class=processor
+    )
+    assert trainer.data_collator.packing
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logged) == 3 and all(0 < entry["supervised_share"] < 1 for entry in logged)
+    assert all(torch.isfinite(torch.tensor(entry["loss"])) for entry in logged)
+
+
+def test_flash_attention_is_refused_with_several_rows(make_model):
+    language_model = make_model()[0].language_model
+    language_model.config._attn_implementation = "flash_attention_2"
+    check_packing_support(language_model)  # one row: flash attention separates the samples
+    with pytest.raises(ValueError, match="finds packed samples only in a batch of one row"):
+        check_packing_support(language_model, row_length=64)
+
+
+def test_packing_is_refused_where_samples_could_see_each_other(make_model, tmp_path):
+    model, processor = make_model(language="opt")
+    with pytest.raises(ValueError, match="'opt' would let packed samples attend to each other"):
+        VisionBridgeTrainer(model=model, args=_args(tmp_path, packing=True), processing_class=processor)
+    model, processor = make_model()
+    with pytest.raises(ValueError, match="args.packing=True but the data_collator does not pack"):
+        VisionBridgeTrainer(
+            model=model,
+            args=_args(tmp_path, packing=True),
+            data_collator=VisionBridgeCollator(processor),
+            processing_class=processor,
+        )
