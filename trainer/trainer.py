@@ -66,8 +66,8 @@ class VisionBridgeTrainer(Trainer):
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.gradient_checkpointing)
         model = prepare_model(model, args)
         # Trainable connector weights stay fp32 whatever the LLM's dtype; autocast handles the matmuls.
-        for parameter in unwrap(model).connector.parameters():
-            if parameter.requires_grad:
+        for name, parameter in model.named_parameters():
+            if parameter.requires_grad and part_of(name) == "connector":
                 parameter.data = parameter.data.float()
         processor = kwargs.get("processing_class")
         dataset = kwargs.get("train_dataset")
