@@ -19,6 +19,7 @@ from .connector_resampler import ResamplerConnector
 from .hub_upload import pop_hub_kwargs, push_folder
 from .image_boundary import ImageBoundary
 from .init_utils import copy_, normal_
+from .quantization import with_unquantized_parts
 from .remote_code import AUTO_MAP, write_remote_code
 from .vision_tower import legacy_vision_prefix, vision_tower_from_config
 
@@ -89,6 +90,14 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
         elif isinstance(module, ImageBoundary):  # LLaVA starts its new token rows at the mean embedding
             mean = self.get_input_embeddings().weight.float().mean(0)  # [D]
             copy_(module.embeddings, mean.expand_as(module.embeddings))
+
+    @classmethod
+    def from_pretrained(cls, *args, quantization_config=None, **kwargs) -> "VisionBridgeForConditionalGeneration":
+        """transformers' from_pretrained; a bitsandbytes `quantization_config` without `llm_int8_skip_modules`
+        quantizes only the language model's body (quantization.py lists what stays unquantized)."""
+        if quantization_config is not None:
+            kwargs["quantization_config"] = with_unquantized_parts(quantization_config)
+        return super().from_pretrained(*args, **kwargs)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()

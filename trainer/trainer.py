@@ -45,8 +45,8 @@ def _check_qlora(model: nn.Module) -> None:
     if not any(type(module).__name__ == "Linear4bit" for module in unwrap(model).language_model.modules()):
         raise ValueError(
             "use_qlora trains LoRA over a 4-bit LLM: load the model with "
-            "quantization_config=BitsAndBytesConfig(load_in_4bit=True, llm_int8_skip_modules=['vision_tower', "
-            "'connector', 'lm_head'])."
+            "quantization_config=BitsAndBytesConfig(load_in_4bit=True) (the vision tower, connector and LM head "
+            "stay unquantized)."
         )
 
 
