@@ -182,3 +182,13 @@ def test_fresh_interpreter_loads_the_boundary_tokens(make_model, photos, tmp_pat
         assert entry["differing_tensors"] == []
         logits = tensors[f"logits_{entry['name']}"]
         assert torch.allclose(logits, expected_logits, atol=1e-5), (logits - expected_logits).abs().max()
+
+
+def test_train_command_sets_the_option(tmp_path, photos):
+    from visionbridge.cli.train import build_model, parse_arguments
+
+    model_args, _, _ = parse_arguments(["--output_dir", str(tmp_path), "--mm_use_im_start_end"])
+    model, processor, base = build_model(model_args, tmp_path)
+    assert model.config.mm_use_im_start_end and model.image_boundary is not None
+    assert _wrapped_runs(processor(images=photos[0], text="<image>")["input_ids"][0].tolist(), model.config) == 1
+    assert AutoModelForImageTextToText.from_pretrained(base).config.mm_use_im_start_end
