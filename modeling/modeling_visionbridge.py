@@ -187,7 +187,7 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
         elif input_ids is not None and input_ids.shape[1] > 1:
             # A single decoding step may sample the placeholder id like any other; a prompt must bring its images.
             self.merge_image_features(input_ids, inputs_embeds, inputs_embeds.new_zeros(0, 0, 0))
-        if pixel_values is None and self.training and self._image_path_trains():
+        if pixel_values is None and self.training and torch.is_grad_enabled() and self._image_path_trains():
             inputs_embeds = inputs_embeds + self._unused_image_path(inputs_embeds)
         if self.image_boundary is not None:
             start = self._image_token_mask(input_ids, inputs_embeds, self.config.image_start_token_id)
