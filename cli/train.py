@@ -47,6 +47,10 @@ class ModelArguments:
     image_aspect_ratio: str = field(
         default="pad", metadata={"help": "pad (to a square, as LLaVA-1.5) or resize.", "choices": ["pad", "resize"]}
     )
+    mm_use_im_start_end: bool = field(
+        default=False,
+        metadata={"help": "Wrap each image's placeholders in learned start/end tokens (LLaVA's option)."},
+    )
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow checkpoints that ship their own code."})
 
 
@@ -94,6 +98,7 @@ def build_model(model_args: ModelArguments, output_dir: Path):
         vision_feature_layer=model_args.vision_feature_layer,
         vision_feature_select=model_args.vision_feature_select,
         image_aspect_ratio=model_args.image_aspect_ratio,
+        mm_use_im_start_end=model_args.mm_use_im_start_end,
     )
     base = output_dir / "base"
     model.save_pretrained(base)

@@ -55,6 +55,8 @@ class VisionBridgeConfig(PretrainedConfig):
         image_token_id: id of the placeholder token that marks where image features go.
         image_seq_length: placeholder tokens per image; derived from the encoder and connector when not given.
         image_aspect_ratio: `"pad"` pads images to a square with the mean colour (LLaVA), `"resize"` stretches them.
+        mm_use_im_start_end: wrap each image's placeholders in learned start and end tokens (LLaVA's option of
+            that name), whose ids are `image_start_token_id` and `image_end_token_id`.
     """
 
     model_type = "visionbridge"
@@ -76,6 +78,9 @@ class VisionBridgeConfig(PretrainedConfig):
         image_token_id: int | None = None,
         image_seq_length: int | None = None,
         image_aspect_ratio: str = "pad",
+        mm_use_im_start_end: bool = False,
+        image_start_token_id: int | None = None,
+        image_end_token_id: int | None = None,
         initializer_range: float = 0.02,
         **kwargs,
     ):
@@ -93,6 +98,11 @@ class VisionBridgeConfig(PretrainedConfig):
             raise ValueError("The resampler places features on a square grid: use vision_feature_select='patch'.")
         if image_aspect_ratio not in ("pad", "resize"):
             raise ValueError(f"image_aspect_ratio must be 'pad' or 'resize', got {image_aspect_ratio!r}.")
+        if mm_use_im_start_end and (image_start_token_id is None or image_end_token_id is None):
+            raise ValueError(
+                "mm_use_im_start_end=True needs image_start_token_id and image_end_token_id "
+                f"(got {image_start_token_id} and {image_end_token_id}); from_components adds the tokens for you."
+            )
         self.connector = connector
         self.num_query_tokens = num_query_tokens
         self.qformer_config = self._qformer_config(qformer_config) if connector == "qformer" else None
@@ -112,6 +122,9 @@ class VisionBridgeConfig(PretrainedConfig):
         self.vision_feature_select = vision_feature_select
         self.image_token_id = image_token_id
         self.image_aspect_ratio = image_aspect_ratio
+        self.mm_use_im_start_end = mm_use_im_start_end
+        self.image_start_token_id = image_start_token_id
+        self.image_end_token_id = image_end_token_id
         self.initializer_range = initializer_range
         self.image_seq_length = image_seq_length or self.derived_image_seq_length(self.vision_config.image_size)
         kwargs.setdefault("tie_word_embeddings", getattr(self.text_config, "tie_word_embeddings", False))

@@ -19,12 +19,18 @@ def from_components(
     torch_dtype=None,
     attn_implementation: str | None = None,
     trust_remote_code: bool = False,
+    quantization_config=None,
     image_token: str = "<image>",
+    image_start_token: str = "<im_start>",
+    image_end_token: str = "<im_end>",
     **config_kwargs,
 ) -> tuple[VisionBridgeForConditionalGeneration, VisionBridgeProcessor]:
     """Join a vision encoder checkpoint (a CLIP/SigLIP vision or full dual-encoder checkpoint, hub id or path)
     and a causal LM checkpoint with a new `connector`. Both keep their pretrained weights; the tokenizer gains
-    the image token and the LM's embeddings grow to match. `config_kwargs` go to `VisionBridgeConfig`."""
+    the image token and the LM's embeddings grow to match. `config_kwargs` go to `VisionBridgeConfig`; with
+    `mm_use_im_start_end=True` the tokenizer also gains `image_start_token` and `image_end_token`. A
+    `quantization_config` (bitsandbytes 8/4-bit) applies to the language model alone, whose head transformers keeps
+    unquantized; the vision tower and the new connector stay in full precision."""
     load_kwargs = {"dtype": dtype if dtype is not None else torch_dtype}
     if attn_implementation is not None:
         load_kwargs["attn_implementation"] = attn_implementation
@@ -32,11 +38,19 @@ def from_components(
     # A full CLIP/SigLIP checkpoint holds a text tower too; only its vision half is used.
     vision_config = getattr(vision_config, "vision_config", vision_config)
     vision_tower = AutoModel.from_pretrained(vision_model, config=vision_config, **load_kwargs)
-    llm = AutoModelForCausalLM.from_pretrained(language_model, trust_remote_code=trust_remote_code, **load_kwargs)
+    llm = AutoModelForCausalLM.from_pretrained(
+        language_model, trust_remote_code=trust_remote_code, quantization_config=quantization_config, **load_kwargs
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(language_model, trust_remote_code=trust_remote_code)
-    if image_token not in tokenizer.get_vocab():
-        tokenizer.add_tokens([AddedToken(image_token, special=True, normalized=False)], special_tokens=True)
+    boundary = [image_start_token, image_end_token] if config_kwargs.get("mm_use_im_start_end") else []
+    for token in [image_token, *boundary]:
+        if token not in tokenizer.get_vocab():
+            tokenizer.add_tokens([AddedToken(token, special=True, normalized=False)], special_tokens=True)
+    if boundary:
+        config_kwargs["image_start_token_id"], config_kwargs["image_end_token_id"] = map(
+            tokenizer.convert_tokens_to_ids, boundary
+        )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     if len(tokenizer) > llm.get_input_embeddings().num_embeddings:
@@ -59,6 +73,8 @@ def from_components(
     with no_init_weights():
         model = VisionBridgeForConditionalGeneration(config, vision_tower=vision_tower, language_model=llm)
     model.connector.apply(model._init_weights)
+    if model.image_boundary is not None:
+        model.image_boundary.apply(model._init_weights)
     processor = VisionBridgeProcessor(
         image_processor, tokenizer, chat_template=tokenizer.chat_template, image_token=image_token
     )

@@ -17,7 +17,9 @@ from .connector_mlp import MLPConnector
 from .connector_qformer import QFormerConnector
 from .connector_resampler import ResamplerConnector
 from .hub_upload import pop_hub_kwargs, push_folder
-from .init_utils import normal_
+from .image_boundary import ImageBoundary
+from .init_utils import copy_, normal_
+from .quantization import with_unquantized_parts
 from .remote_code import AUTO_MAP, write_remote_code
 from .vision_tower import legacy_vision_prefix, vision_tower_from_config
 
@@ -68,6 +70,11 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
         config.vision_config = self.vision_tower.config
         config.text_config = self.language_model.config
         self.connector = build_connector(config).to(self.language_model.dtype)
+        self.image_boundary = (
+            ImageBoundary(config.text_config.hidden_size).to(self.language_model.dtype)
+            if config.mm_use_im_start_end
+            else None
+        )
         self._lm_keeps_logits = "logits_to_keep" in inspect.signature(self.language_model.forward).parameters
         if config.connector == "qformer":
             config.qformer_config = self.connector.qformer.config
@@ -80,6 +87,17 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
             normal_(module.query_tokens, std=self.config.initializer_range)
         elif isinstance(module, ResamplerConnector):
             normal_(module.query, std=self.config.initializer_range)
+        elif isinstance(module, ImageBoundary):  # LLaVA starts its new token rows at the mean embedding
+            mean = self.get_input_embeddings().weight.float().mean(0)  # [D]
+            copy_(module.embeddings, mean.expand_as(module.embeddings))
+
+    @classmethod
+    def from_pretrained(cls, *args, quantization_config=None, **kwargs) -> "VisionBridgeForConditionalGeneration":
+        """transformers' from_pretrained; a bitsandbytes `quantization_config` without `llm_int8_skip_modules`
+        quantizes only the language model's body (quantization.py lists what stays unquantized)."""
+        if quantization_config is not None:
+            kwargs["quantization_config"] = with_unquantized_parts(quantization_config)
+        return super().from_pretrained(*args, **kwargs)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()
@@ -117,11 +135,14 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
             features = features[:, self.config.num_prefix_tokens :]  # [N, P, D_vision]
         return self.connector(features)  # [N, S, D_text]; each connector casts to its own dtype
 
-    def _image_token_mask(self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor) -> torch.Tensor:
-        """[B, T] bool: where the image placeholders are."""
+    def _image_token_mask(
+        self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor, token_id: int | None = None
+    ) -> torch.Tensor:
+        """[B, T] bool: where the image placeholders (or the tokens `token_id`) are."""
+        token_id = self.config.image_token_id if token_id is None else token_id
         if input_ids is not None:
-            return input_ids == self.config.image_token_id
-        image_embedding = self.get_input_embeddings().weight[self.config.image_token_id]
+            return input_ids == token_id
+        image_embedding = self.get_input_embeddings().weight[token_id]
         return (inputs_embeds == image_embedding.to(inputs_embeds.dtype)).all(-1)
 
     def merge_image_features(
@@ -166,6 +187,12 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
         elif input_ids is not None and input_ids.shape[1] > 1:
             # A single decoding step may sample the placeholder id like any other; a prompt must bring its images.
             self.merge_image_features(input_ids, inputs_embeds, inputs_embeds.new_zeros(0, 0, 0))
+        if pixel_values is None and self.training and torch.is_grad_enabled() and self._image_path_trains():
+            inputs_embeds = inputs_embeds + self._unused_image_path(inputs_embeds)
+        if self.image_boundary is not None:
+            start = self._image_token_mask(input_ids, inputs_embeds, self.config.image_start_token_id)
+            end = self._image_token_mask(input_ids, inputs_embeds, self.config.image_end_token_id)
+            inputs_embeds = self.image_boundary(inputs_embeds, start, end)
         if attention_mask is None and position_ids is not None and past_key_values is None:
             # Packed samples are kept apart by their restarting position_ids only while no KV cache is being built.
             kwargs.setdefault("use_cache", False)
@@ -179,6 +206,21 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
             labels=labels,
             **kwargs,
         )
+
+    def _image_path_trains(self) -> bool:
+        parts = (self.vision_tower, self.connector, self.image_boundary)
+        return any(parameter.requires_grad for part in parts if part is not None for parameter in part.parameters())
+
+    def _unused_image_path(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        """A zero that depends on every weight of the image path: a blank image through tower and connector, and
+        the boundary embeddings. Added to a training batch without images, it gives those weights an exact zero
+        gradient instead of none, so that every DDP rank reduces the same tensors whatever its batch holds."""
+        side = self.config.vision_config.image_size
+        blank = inputs_embeds.new_zeros(1, 3, side, side)  # [1, 3, H, W]
+        total = self.get_image_features(blank).float().mean()
+        if self.image_boundary is not None:
+            total = total + self.image_boundary.embeddings.float().mean()
+        return (0.0 * total).to(inputs_embeds.dtype)
 
     def prepare_inputs_for_generation(self, *args, pixel_values: torch.Tensor | None = None, **kwargs) -> dict:
         model_inputs = super().prepare_inputs_for_generation(*args, **kwargs)

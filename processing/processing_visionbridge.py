@@ -70,12 +70,16 @@ class VisionBridgeProcessor(ProcessorMixin):
         image_token="<image>",
         image_seq_length: int | None = None,
         image_aspect_ratio: str = "pad",
+        image_start_token: str | None = None,
+        image_end_token: str | None = None,
         **kwargs,
     ):
         self.image_token = image_token
         # `bind_config` sets them from the model config; an adapter folder's processor brings its own copy.
         self.image_seq_length = image_seq_length
         self.image_aspect_ratio = image_aspect_ratio
+        self.image_start_token = image_start_token  # set under the config's mm_use_im_start_end
+        self.image_end_token = image_end_token
         super().__init__(image_processor, tokenizer, chat_template=chat_template or DEFAULT_CHAT_TEMPLATE)
 
     @property
@@ -97,7 +101,19 @@ class VisionBridgeProcessor(ProcessorMixin):
             )
         self.image_seq_length = config.image_seq_length
         self.image_aspect_ratio = config.image_aspect_ratio
+        boundary = config.mm_use_im_start_end
+        convert = self.tokenizer.convert_ids_to_tokens
+        self.image_start_token = convert(config.image_start_token_id) if boundary else None
+        self.image_end_token = convert(config.image_end_token_id) if boundary else None
         return self
+
+    def expand_image_tokens(self, text: str) -> str:
+        """Each `<image>` -> its `image_seq_length` placeholders, between the start and end tokens where the model
+        uses them. The training collator expands with this same function."""
+        placeholders = self.image_token * self.image_seq_length
+        if self.image_start_token is not None:
+            placeholders = self.image_start_token + placeholders + self.image_end_token
+        return text.replace(self.image_token, placeholders)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "VisionBridgeProcessor":
@@ -144,7 +160,7 @@ class VisionBridgeProcessor(ProcessorMixin):
                     f"The text holds {sum(counts)} {self.image_token} placeholders (per text: {counts}) "
                     f"but {len(images)} images were given."
                 )
-            expanded = [sample.replace(self.image_token, self.image_token * self.image_seq_length) for sample in texts]
+            expanded = [self.expand_image_tokens(sample) for sample in texts]
             kwargs.setdefault("padding", len(expanded) > 1)
             kwargs.setdefault("padding_side", "left")  # generation; the training collator pads right itself
             kwargs.setdefault("return_token_type_ids", False)
@@ -218,7 +234,12 @@ class VisionBridgeProcessor(ProcessorMixin):
         # transformers 5 folds the image processor into processor_config.json; 4.x reads preprocessor_config.json.
         if not (directory / "preprocessor_config.json").exists():
             self.image_processor.save_pretrained(directory)
-        binding = {"image_seq_length": self.image_seq_length, "image_aspect_ratio": self.image_aspect_ratio}
+        binding = {
+            "image_seq_length": self.image_seq_length,
+            "image_aspect_ratio": self.image_aspect_ratio,
+            "image_start_token": self.image_start_token,
+            "image_end_token": self.image_end_token,
+        }
         _rewrite_json(
             directory / "processor_config.json", lambda data: {**_processor_config_for_both_lines(data), **binding}
         )

@@ -14,7 +14,8 @@ class GradientCheck(TrainerCallback):
     """Every trainable tensor must hold a gradient, and a non-zero one, at its first optimizer step.
 
     The text parts are checked at the first step; the connector and the vision tower at the first step whose
-    batches held an image (the trainer sets `saw_images`), since text-only batches never reach them. A LoRA
+    batches held an image (the trainer sets `saw_images`): text-only batches reach them only through the model's
+    zero-weighted blank image, whose gradients are exactly zero and so prove nothing either way. A LoRA
     `lora_A` matrix is exempt from the non-zero part: `lora_B` starts at zero, so the gradient reaching `lora_A`
     is exactly zero until `lora_B` has moved once. DeepSpeed and FSDP keep gradients sharded off the parameters,
     so the check is off there (`enabled=False`).

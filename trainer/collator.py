@@ -200,8 +200,7 @@ class VisionBridgeCollator:
             raise ValueError(f"Sample {index}: the chat template failed on its messages: {error}") from error
 
     def _expand(self, text: str) -> str:
-        image_token = self.processor.image_token
-        return text.replace(image_token, image_token * self.processor.image_seq_length)
+        return self.processor.expand_image_tokens(text)
 
 
 def _renamed(error: Exception, message: str) -> Exception:

@@ -9,6 +9,8 @@ from ..modeling.modeling_visionbridge import VisionBridgeForConditionalGeneratio
 from .arguments import VisionBridgeTrainingArguments
 
 PARTS = ("connector", "language_model", "vision_tower")
+# Modules that train, and are saved, as part of the connector: the image start/end embeddings.
+CONNECTOR_EXTRAS = ("image_boundary",)
 
 
 def unwrap(model: nn.Module) -> VisionBridgeForConditionalGeneration:
@@ -18,9 +20,9 @@ def unwrap(model: nn.Module) -> VisionBridgeForConditionalGeneration:
 
 def part_of(parameter_name: str) -> str:
     """connector | language_model | vision_tower for a parameter name, with or without peft's prefixes."""
-    for part in PARTS:
+    for part in (*PARTS, *CONNECTOR_EXTRAS):
         if re.search(rf"(^|\.){part}\.", parameter_name):
-            return part
+            return "connector" if part in CONNECTOR_EXTRAS else part
     raise ValueError(f"Parameter {parameter_name} belongs to no part of a VisionBridge model ({', '.join(PARTS)}).")
 
 
@@ -75,7 +77,7 @@ def lora_config(model: VisionBridgeForConditionalGeneration, args: VisionBridgeT
         lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,
         target_modules=target,
-        modules_to_save=["connector"],
+        modules_to_save=["connector", *(name for name in CONNECTOR_EXTRAS if getattr(model, name, None) is not None)],
         task_type="CAUSAL_LM",
     )
 

@@ -49,8 +49,8 @@ def _check_qlora(model: nn.Module) -> None:
     if not any(type(module).__name__ == "Linear4bit" for module in unwrap(model).language_model.modules()):
         raise ValueError(
             "use_qlora trains LoRA over a 4-bit LLM: load the model with "
-            "quantization_config=BitsAndBytesConfig(load_in_4bit=True, llm_int8_skip_modules=['vision_tower', "
-            "'connector', 'lm_head'])."
+            "quantization_config=BitsAndBytesConfig(load_in_4bit=True) (the vision tower, connector and LM head "
+            "stay unquantized)."
         )
 
 
@@ -91,8 +91,8 @@ class VisionBridgeTrainer(Trainer):
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.gradient_checkpointing)
         model = prepare_model(model, args)
         # Trainable connector weights stay fp32 whatever the LLM's dtype; autocast handles the matmuls.
-        for parameter in unwrap(model).connector.parameters():
-            if parameter.requires_grad:
+        for name, parameter in model.named_parameters():
+            if parameter.requires_grad and part_of(name) == "connector":
                 parameter.data = parameter.data.float()
         processor = kwargs.get("processing_class")
         dataset = kwargs.get("train_dataset")
