@@ -5,6 +5,7 @@ causal LM that transformers can build works here unchanged.
 """
 
 import inspect
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -12,13 +13,18 @@ from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from ..configuration.configuration_visionbridge import VisionBridgeConfig, mlp_depth
+from ..configuration.configuration_visionbridge import (
+    VisionBridgeConfig,
+    language_model_code_from,
+    mlp_depth,
+    resolved_text_config,
+)
 from .connector_mlp import MLPConnector
 from .connector_qformer import QFormerConnector
 from .connector_resampler import ResamplerConnector
 from .hub_upload import pop_hub_kwargs, push_folder
 from .init_utils import normal_
-from .remote_code import AUTO_MAP, write_remote_code
+from .remote_code import AUTO_MAP, language_model_sources, write_remote_code
 from .vision_tower import legacy_vision_prefix, vision_tower_from_config
 
 
@@ -61,6 +67,7 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
         """`vision_tower` and `language_model` take already-loaded components (see `from_components`)."""
         super().__init__(config)
         self.vision_tower = vision_tower if vision_tower is not None else vision_tower_from_config(config.vision_config)
+        config.text_config = resolved_text_config(config.text_config)
         self.language_model = (
             language_model if language_model is not None else AutoModelForCausalLM.from_config(config.text_config)
         )
@@ -72,6 +79,13 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
         if config.connector == "qformer":
             config.qformer_config = self.connector.qformer.config
         self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> "VisionBridgeForConditionalGeneration":
+        """As transformers loads a model; with `trust_remote_code=True`, a language model that ships its own code
+        is built from the code files saved in the folder or repo."""
+        with language_model_code_from(pretrained_model_name_or_path, kwargs, kwargs.get("trust_remote_code")):
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -214,7 +228,12 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
         hub_kwargs = pop_hub_kwargs(kwargs)
         self.config.auto_map = dict(AUTO_MAP)
         self.config.architectures = [type(self).__name__]
+        language_model_code, language_model_auto_map = language_model_sources(self.language_model)
+        if language_model_auto_map:  # the LLM's own code travels in the folder, and its config points at it there
+            self.config.text_config.auto_map = language_model_auto_map
         super().save_pretrained(save_directory, *args, state_dict=self.canonical_state_dict(state_dict), **kwargs)
         write_remote_code([type(self), type(self.config)], save_directory)
+        for name, text in language_model_code.items():
+            Path(save_directory, name).write_text(text)
         if push_to_hub:
             push_folder(save_directory, **hub_kwargs)
