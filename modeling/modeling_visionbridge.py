@@ -19,6 +19,7 @@ from ..configuration.configuration_visionbridge import (
     mlp_depth,
     resolved_text_config,
 )
+from .chat import chat as _chat
 from .connector_mlp import MLPConnector
 from .connector_qformer import QFormerConnector
 from .connector_resampler import ResamplerConnector
@@ -203,6 +204,11 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
             feeds_images = not isinstance(cache, Cache) or cache.get_seq_length() == 0
         model_inputs["pixel_values"] = pixel_values if feeds_images else None
         return model_inputs
+
+    def chat(self, processor, query: str, images=None, history: list[dict] | None = None, **generate_kwargs):
+        """Qwen-VL's chat: (response, history) for `query` about `images` (PIL images or local paths, labelled
+        `Picture N:`), `history` a list of chat messages from an earlier call. See modeling/chat.py."""
+        return _chat(self, processor, query, images, history, **generate_kwargs)
 
     def canonical_state_dict(self, state_dict: dict | None = None) -> dict:
         """The state dict under the key layout every transformers line loads.
