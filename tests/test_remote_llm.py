@@ -101,6 +101,13 @@ def test_remote_code_llm_trains_with_lora_saves_and_loads_without_its_repo(compo
     shutil.rmtree(language_path)  # the LLM's own repository is gone: the folder must carry its code
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HOME=str(tmp_path / "hf"))
+
+    # With visionbridge installed but without trust_remote_code, the LLM's code in the folder does not run.
+    untrusted = (
+        f"import visionbridge, transformers; transformers.AutoModelForImageTextToText.from_pretrained({str(folder)!r})"
+    )
+    run = subprocess.run([sys.executable, "-c", untrusted], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0 and "load it with trust_remote_code=True" in run.stderr, run.stderr[-3000:]
     run = subprocess.run(
         [sys.executable, str(CHECK), str(folder), str(photo), str(tmp_path / "out")],
         cwd=tmp_path,
