@@ -79,14 +79,18 @@ def remote_text_config(model_type: str, values: dict) -> PretrainedConfig:
     return RemoteCodeTextConfig(model_type, **values)
 
 
+def _waits_for_code(config: PretrainedConfig) -> bool:
+    # By name: transformers 5 loads the model's and the config's remote-code files as separate module copies.
+    return type(config).__name__ == RemoteCodeTextConfig.__name__
+
+
 def resolved_text_config(text_config: PretrainedConfig) -> PretrainedConfig:
     """`text_config` with its real class: a `RemoteCodeTextConfig` is resolved from the folder being loaded."""
-    # By name: the model's and the config's remote-code files may be separate module copies of this file.
-    if type(text_config).__name__ != RemoteCodeTextConfig.__name__:
+    if not _waits_for_code(text_config):
         return text_config
     model_type, values = text_config.remote_model_type, text_config.remote_values
     resolved = remote_text_config(model_type, values)
-    if isinstance(resolved, RemoteCodeTextConfig):
+    if _waits_for_code(resolved):
         source = _CODE_SOURCE.get()
         raise ValueError(
             f"The language model ({model_type}) runs code saved with the model ({values.get('auto_map')}); load it "
@@ -108,7 +112,7 @@ def _as_config(value: PretrainedConfig | dict | None, default_type: str, remote_
         # transformers 4.x does not register BLIP-2's vision config under its model type.
         config_class = Blip2VisionConfig if model_type == Blip2VisionConfig.model_type else CONFIG_MAPPING[model_type]
         return config_class(**value)
-    if remote_code and value.model_type not in CONFIG_MAPPING and not isinstance(value, RemoteCodeTextConfig):
+    if remote_code and value.model_type not in CONFIG_MAPPING and not _waits_for_code(value):
         _REMOTE_TEXT_CONFIGS[value.model_type] = type(value)
     return value
 
