@@ -13,6 +13,7 @@ import sys
 from PIL import Image
 from transformers import TextStreamer
 
+from ..modeling.chat import respond
 from .common import load_for_inference
 
 
@@ -54,13 +55,8 @@ class ChatSession:
         content = [{"type": "image", "image": image} for image in self.pending]
         self.messages.append({"role": "user", "content": [*content, {"type": "text", "text": question}]})
         self.pending = []
-        inputs = self.processor.apply_chat_template(self.messages, add_generation_prompt=True, tokenize=True)
-        inputs = inputs.to(self.model.device)
         streamer = _Streamer(self.processor.tokenizer, stream) if stream is not None else None
-        output = self.model.generate(
-            **inputs, **self.generation, streamer=streamer, pad_token_id=self.processor.tokenizer.pad_token_id
-        )
-        answer = self.processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+        answer = respond(self.model, self.processor, self.messages, **self.generation, streamer=streamer)
         self.messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
         return answer
 

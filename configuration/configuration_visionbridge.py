@@ -1,8 +1,12 @@
 """VisionBridgeConfig: a vision encoder config, a causal-LM config and the connector that joins them."""
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
-from transformers import AutoConfig, Blip2QFormerConfig, Blip2VisionConfig, PretrainedConfig
+from transformers import AutoConfig, AutoModelForCausalLM, Blip2QFormerConfig, Blip2VisionConfig, PretrainedConfig
+from transformers.dynamic_module_utils import get_class_from_dynamic_module
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 # Connectors that keep the encoder's patch grid (one LLM token per patch) and those that emit a fixed
@@ -24,15 +28,92 @@ def mlp_depth(connector: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _as_config(value: PretrainedConfig | dict | None, default_type: str) -> PretrainedConfig:
+_HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "local_files_only", "revision")
+# The folder or repo being loaded, its hub arguments and the caller's trust_remote_code: where the code of a
+# language model that transformers does not know is read from, and whether it may run.
+_CODE_SOURCE: ContextVar[tuple[str, dict, bool | None] | None] = ContextVar("visionbridge_code_source", default=None)
+# Classes of such language models' configs met in this process (from_components), by model type.
+_REMOTE_TEXT_CONFIGS: dict[str, type[PretrainedConfig]] = {}
+
+
+class RemoteCodeTextConfig(PretrainedConfig):
+    """The values of a text_config whose class is code saved beside the weights (its `auto_map`), kept as they
+    were saved until that code may run: loading the model with `trust_remote_code=True` builds the real class.
+    Built from its own `to_dict()`, it is the same again (transformers rebuilds sub-configs that way)."""
+
+    def __init__(self, model_type: str = "", **values):
+        self.remote_model_type = model_type
+        self.remote_values = values
+        super().__init__(**values)
+
+    def to_dict(self) -> dict:
+        values = {key: value for key, value in super().to_dict().items() if not key.startswith("remote_")}
+        return {**values, **self.remote_values, "model_type": self.remote_model_type}
+
+
+@contextmanager
+def language_model_code_from(pretrained_model_name_or_path, kwargs: dict, trust_remote_code: bool | None) -> Iterator:
+    """While loading from `pretrained_model_name_or_path`, a text_config of a model type transformers lacks takes
+    its classes from the code files that its `auto_map` names there, if `trust_remote_code` allows."""
+    hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if kwargs.get(key) is not None}
+    token = _CODE_SOURCE.set((str(pretrained_model_name_or_path), hub_kwargs, trust_remote_code))
+    try:
+        yield
+    finally:
+        _CODE_SOURCE.reset(token)
+
+
+def remote_text_config(model_type: str, values: dict) -> PretrainedConfig:
+    """A text_config of a language model that ships its own code: its class from the folder being loaded (when
+    trusted), else the class this process already uses for that model type, else a `RemoteCodeTextConfig`."""
+    source, auto_map = _CODE_SOURCE.get(), values.get("auto_map") or {}
+    if source is not None and source[2] and {"AutoConfig", "AutoModelForCausalLM"} <= auto_map.keys():
+        path, hub_kwargs, _ = source
+        config_class = get_class_from_dynamic_module(auto_map["AutoConfig"], path, **hub_kwargs)
+        model_class = get_class_from_dynamic_module(auto_map["AutoModelForCausalLM"], path, **hub_kwargs)
+        # As transformers does for a remote model it loads: later from_config calls find the class.
+        AutoModelForCausalLM.register(config_class, model_class, exist_ok=True)
+        _REMOTE_TEXT_CONFIGS[model_type] = config_class
+    if model_type in _REMOTE_TEXT_CONFIGS:
+        return _REMOTE_TEXT_CONFIGS[model_type].from_dict(values)
+    return RemoteCodeTextConfig(model_type, **values)
+
+
+def _waits_for_code(config: PretrainedConfig) -> bool:
+    # By name: transformers 5 loads the model's and the config's remote-code files as separate module copies.
+    return type(config).__name__ == RemoteCodeTextConfig.__name__
+
+
+def resolved_text_config(text_config: PretrainedConfig) -> PretrainedConfig:
+    """`text_config` with its real class: a `RemoteCodeTextConfig` is resolved from the folder being loaded."""
+    if not _waits_for_code(text_config):
+        return text_config
+    model_type, values = text_config.remote_model_type, text_config.remote_values
+    resolved = remote_text_config(model_type, values)
+    if _waits_for_code(resolved):
+        source = _CODE_SOURCE.get()
+        raise ValueError(
+            f"The language model ({model_type}) runs code saved with the model ({values.get('auto_map')}); load it "
+            f"with trust_remote_code=True{f' from {source[0]}' if source else ' through from_pretrained'}."
+        )
+    return resolved
+
+
+def _as_config(value: PretrainedConfig | dict | None, default_type: str, remote_code: bool = False) -> PretrainedConfig:
+    """A config from a config, its dict or None (the default type); with `remote_code`, also of a model type that
+    transformers does not know, whose class is code that ships with the checkpoint."""
     if value is None:
         return CONFIG_MAPPING[default_type]()
     if isinstance(value, dict):
         value = dict(value)
         model_type = value.pop("model_type", default_type)
+        if remote_code and model_type not in CONFIG_MAPPING:
+            return remote_text_config(model_type, value)
         # transformers 4.x does not register BLIP-2's vision config under its model type.
         config_class = Blip2VisionConfig if model_type == Blip2VisionConfig.model_type else CONFIG_MAPPING[model_type]
         return config_class(**value)
+    if remote_code and value.model_type not in CONFIG_MAPPING and not _waits_for_code(value):
+        _REMOTE_TEXT_CONFIGS[value.model_type] = type(value)
     return value
 
 
@@ -85,7 +166,7 @@ class VisionBridgeConfig(PretrainedConfig):
         **kwargs,
     ):
         self.vision_config = _as_config(vision_config, "clip_vision_model")
-        self.text_config = _as_config(text_config, "llama")
+        self.text_config = _as_config(text_config, "llama", remote_code=True)
         if connector not in QUERY_CONNECTORS and mlp_depth(connector) is None:
             raise ValueError(f"Unknown connector {connector!r}; valid connectors are {', '.join(CONNECTOR_NAMES)}.")
         if connector in QUERY_CONNECTORS:
@@ -134,6 +215,16 @@ class VisionBridgeConfig(PretrainedConfig):
             {key: getattr(self, key)._attn_implementation for key in self.sub_configs},
         )
         super().__init__(**kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "VisionBridgeConfig":
+        """As transformers loads a config; `trust_remote_code=True` also loads the code of a language model
+        that ships its own (saved beside the weights), else its text_config waits for the model to load it."""
+        trust_remote_code = kwargs.pop("trust_remote_code", None)
+        if trust_remote_code is None:  # the model's from_pretrained may have set the source already
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        with language_model_code_from(pretrained_model_name_or_path, kwargs, trust_remote_code):
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     def _qformer_config(self, value: Blip2QFormerConfig | dict | None) -> Blip2QFormerConfig:
         if isinstance(value, dict):

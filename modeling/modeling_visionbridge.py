@@ -5,6 +5,7 @@ causal LM that transformers can build works here unchanged.
 """
 
 import inspect
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -12,7 +13,13 @@ from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from ..configuration.configuration_visionbridge import VisionBridgeConfig, mlp_depth
+from ..configuration.configuration_visionbridge import (
+    VisionBridgeConfig,
+    language_model_code_from,
+    mlp_depth,
+    resolved_text_config,
+)
+from .chat import chat as _chat
 from .connector_mlp import MLPConnector
 from .connector_qformer import QFormerConnector
 from .connector_resampler import ResamplerConnector
@@ -20,7 +27,7 @@ from .hub_upload import pop_hub_kwargs, push_folder
 from .image_boundary import ImageBoundary
 from .init_utils import copy_, normal_
 from .quantization import with_unquantized_parts
-from .remote_code import AUTO_MAP, write_remote_code
+from .remote_code import AUTO_MAP, language_model_sources, write_remote_code
 from .vision_tower import legacy_vision_prefix, vision_tower_from_config
 
 
@@ -63,6 +70,7 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
         """`vision_tower` and `language_model` take already-loaded components (see `from_components`)."""
         super().__init__(config)
         self.vision_tower = vision_tower if vision_tower is not None else vision_tower_from_config(config.vision_config)
+        config.text_config = resolved_text_config(config.text_config)
         self.language_model = (
             language_model if language_model is not None else AutoModelForCausalLM.from_config(config.text_config)
         )
@@ -80,6 +88,19 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
             config.qformer_config = self.connector.qformer.config
         self.post_init()
 
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path, *args, quantization_config=None, **kwargs
+    ) -> "VisionBridgeForConditionalGeneration":
+        """As transformers loads a model, with two additions: under `trust_remote_code=True`, a language model that
+        ships its own code is built from the code files saved in the folder or repo; and a bitsandbytes
+        `quantization_config` without `llm_int8_skip_modules` quantizes only the language model's body
+        (quantization.py lists what stays unquantized)."""
+        if quantization_config is not None:
+            kwargs["quantization_config"] = with_unquantized_parts(quantization_config)
+        with language_model_code_from(pretrained_model_name_or_path, kwargs, kwargs.get("trust_remote_code")):
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         # The learned queries are bare parameters, which the generic initialisation does not see.
@@ -90,14 +111,6 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
         elif isinstance(module, ImageBoundary):  # LLaVA starts its new token rows at the mean embedding
             mean = self.get_input_embeddings().weight.float().mean(0)  # [D]
             copy_(module.embeddings, mean.expand_as(module.embeddings))
-
-    @classmethod
-    def from_pretrained(cls, *args, quantization_config=None, **kwargs) -> "VisionBridgeForConditionalGeneration":
-        """transformers' from_pretrained; a bitsandbytes `quantization_config` without `llm_int8_skip_modules`
-        quantizes only the language model's body (quantization.py lists what stays unquantized)."""
-        if quantization_config is not None:
-            kwargs["quantization_config"] = with_unquantized_parts(quantization_config)
-        return super().from_pretrained(*args, **kwargs)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()
@@ -235,6 +248,11 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
         model_inputs["pixel_values"] = pixel_values if feeds_images else None
         return model_inputs
 
+    def chat(self, processor, query: str, images=None, history: list[dict] | None = None, **generate_kwargs):
+        """Qwen-VL's chat: (response, history) for `query` about `images` (PIL images or local paths, labelled
+        `Picture N:`), `history` a list of chat messages from an earlier call. See modeling/chat.py."""
+        return _chat(self, processor, query, images, history, **generate_kwargs)
+
     def canonical_state_dict(self, state_dict: dict | None = None) -> dict:
         """The state dict under the key layout every transformers line loads.
 
@@ -259,7 +277,12 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
         hub_kwargs = pop_hub_kwargs(kwargs)
         self.config.auto_map = dict(AUTO_MAP)
         self.config.architectures = [type(self).__name__]
+        language_model_code, language_model_auto_map = language_model_sources(self.language_model)
+        if language_model_auto_map:  # the LLM's own code travels in the folder, and its config points at it there
+            self.config.text_config.auto_map = language_model_auto_map
         super().save_pretrained(save_directory, *args, state_dict=self.canonical_state_dict(state_dict), **kwargs)
         write_remote_code([type(self), type(self.config)], save_directory)
+        for name, text in language_model_code.items():
+            Path(save_directory, name).write_text(text)
         if push_to_hub:
             push_folder(save_directory, **hub_kwargs)

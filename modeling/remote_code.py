@@ -12,6 +12,10 @@ import inspect
 import re
 from pathlib import Path
 
+from torch import nn
+from transformers.dynamic_module_utils import get_relative_import_files
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
 _RELATIVE_IMPORT = re.compile(r"^(\s*from\s+)(\.+)([\w.]*)(\s+import\b)", re.MULTILINE)
 _PACKAGE_IMPORT = re.compile(r"^\s*(from|import)\s+visionbridge\b", re.MULTILINE)
 
@@ -21,6 +25,8 @@ AUTO_MAP = {
     "AutoModelForVision2Seq": "modeling_visionbridge.VisionBridgeForConditionalGeneration",
     "AutoProcessor": "processing_visionbridge.VisionBridgeProcessor",
 }
+# The code files of a language model that ships its own code are saved under this prefix, apart from ours.
+LANGUAGE_MODEL_PREFIX = "llm_"
 
 
 def _resolve(source: Path, dots: str, dotted: str) -> Path:
@@ -80,3 +86,31 @@ def flat_sources(classes: list[type]) -> dict[str, str]:
 def write_remote_code(classes: list[type], save_directory: str | Path) -> None:
     for name, text in flat_sources(classes).items():
         Path(save_directory, name).write_text(text)
+
+
+def language_model_sources(language_model: nn.Module) -> tuple[dict[str, str], dict[str, str]]:
+    """For a language model whose classes are remote code (a model type transformers does not know): its code
+    files under flat names with the `llm_` prefix, relative imports rewritten to match, and the `auto_map` of its
+    config that names its config and model classes there. Two empty dicts for a model transformers knows."""
+    classes = {"AutoConfig": type(language_model.config), "AutoModelForCausalLM": type(language_model)}
+    if classes["AutoConfig"].model_type in CONFIG_MAPPING:
+        return {}, {}
+
+    def flat_name(path: str | Path) -> str:
+        name = Path(path).name
+        return name if name.startswith(LANGUAGE_MODEL_PREFIX) else LANGUAGE_MODEL_PREFIX + name
+
+    def rename_import(match: re.Match) -> str:
+        if match.group(2) != "." or not match.group(3):
+            raise ValueError(f"{match.group(0)!r}: only `from .module import` works in a flat remote-code folder.")
+        return f"{match.group(1)}.{Path(flat_name(match.group(3) + '.py')).stem}{match.group(4)}"
+
+    sources: dict[str, str] = {}
+    for cls in classes.values():
+        entry = inspect.getfile(cls)
+        for path in [entry, *get_relative_import_files(entry)]:
+            text = _RELATIVE_IMPORT.sub(rename_import, Path(path).read_text())
+            if sources.setdefault(flat_name(path), text) != text:
+                raise ValueError(f"The language model's code holds two different files named {Path(path).name}.")
+    auto_map = {key: f"{Path(flat_name(inspect.getfile(cls))).stem}.{cls.__name__}" for key, cls in classes.items()}
+    return sources, auto_map

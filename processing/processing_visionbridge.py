@@ -183,14 +183,21 @@ class VisionBridgeProcessor(ProcessorMixin):
                 )
 
     def apply_chat_template(
-        self, conversation: list[dict], add_generation_prompt: bool = False, tokenize: bool = False, **kwargs
+        self,
+        conversation: list[dict],
+        add_generation_prompt: bool = False,
+        tokenize: bool = False,
+        continue_final_message: bool = False,
+        processor_kwargs: dict | None = None,
+        **kwargs,
     ):
         """Render chat messages whose content is a string or a list of `{"type": "text", "text": ...}` and
         `{"type": "image"[, "image": PIL image or path]}` parts. A template written for such parts (llava-hf's)
         gets them as they are; a text-only one (an LLM's own, or LLaVA-1.5's format when the LLM has none) gets
         the parts joined by newlines, each image as `<image>` where it stands (LLaVA puts it first). With
         tokenize=True, returns the processor's output (a dict, as with return_dict=True) for the rendered text
-        and the images found in the messages."""
+        and the images found in the messages. `continue_final_message` and `processor_kwargs` (tokenizer arguments,
+        as transformers 5's image-text-to-text pipeline passes them) are read as transformers reads them."""
         images = [
             part.get("image", part.get("path", part.get("url")))
             for message in conversation
@@ -201,12 +208,17 @@ class VisionBridgeProcessor(ProcessorMixin):
         if not _READS_CONTENT_PARTS.search(self.chat_template):
             conversation = [{**message, "content": self._as_text(message)} for message in conversation]
         prompt = self.tokenizer.apply_chat_template(
-            conversation, chat_template=self.chat_template, add_generation_prompt=add_generation_prompt, tokenize=False
+            conversation,
+            chat_template=self.chat_template,
+            add_generation_prompt=add_generation_prompt,
+            continue_final_message=continue_final_message,
+            tokenize=False,
         )
         if not tokenize:
             return prompt
         images = [image for image in images if image is not None]
         kwargs.pop("return_dict", None)
+        kwargs.update(processor_kwargs or {})
         return self(images=images or None, text=prompt, add_special_tokens=self.tokenizer_adds_special_tokens, **kwargs)
 
     def _as_text(self, message: dict) -> str:
