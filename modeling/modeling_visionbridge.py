@@ -13,6 +13,7 @@ from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ..configuration.configuration_visionbridge import VisionBridgeConfig, mlp_depth
+from .atomic_save import staged_folder
 from .connector_mlp import MLPConnector
 from .connector_qformer import QFormerConnector
 from .connector_resampler import ResamplerConnector
@@ -20,6 +21,14 @@ from .hub_upload import pop_hub_kwargs, push_folder
 from .init_utils import normal_
 from .remote_code import AUTO_MAP, write_remote_code
 from .vision_tower import legacy_vision_prefix, vision_tower_from_config
+
+# Weight files of an earlier save that a new one into the same folder replaces.
+WEIGHT_FILES = (
+    "model*.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model*.bin",
+    "pytorch_model.bin.index.json",
+)
 
 
 def build_connector(config: VisionBridgeConfig) -> nn.Module:
@@ -214,7 +223,9 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
         hub_kwargs = pop_hub_kwargs(kwargs)
         self.config.auto_map = dict(AUTO_MAP)
         self.config.architectures = [type(self).__name__]
-        super().save_pretrained(save_directory, *args, state_dict=self.canonical_state_dict(state_dict), **kwargs)
-        write_remote_code([type(self), type(self.config)], save_directory)
+        # Written beside the folder and moved in once complete: a half-written folder never loads as a model.
+        with staged_folder(save_directory, stale=WEIGHT_FILES) as staging:
+            super().save_pretrained(staging, *args, state_dict=self.canonical_state_dict(state_dict), **kwargs)
+            write_remote_code([type(self), type(self.config)], staging)
         if push_to_hub:
             push_folder(save_directory, **hub_kwargs)

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.utils import logging
 
 from .arguments import VisionBridgeTrainingArguments
 from .callbacks import GradientCheck
+from .checkpoints import StagedCheckpoints
 from .collator import VisionBridgeCollator
 from .data import VisionBridgeDataset
 from .lora import part_of, prepare_model, unwrap
@@ -54,7 +54,7 @@ def _as_list(value: str | list[str] | None) -> list[str] | None:
     return [value] if isinstance(value, str) else value
 
 
-class VisionBridgeTrainer(Trainer):
+class VisionBridgeTrainer(StagedCheckpoints):
     def __init__(self, model: nn.Module, args: VisionBridgeTrainingArguments, data_collator=None, **kwargs):
         if not isinstance(args, VisionBridgeTrainingArguments):
             raise TypeError(f"VisionBridgeTrainer needs VisionBridgeTrainingArguments, got {type(args).__name__}.")
