@@ -19,6 +19,7 @@ from .connector_qformer import QFormerConnector
 from .connector_resampler import ResamplerConnector
 from .hub_upload import pop_hub_kwargs, push_folder
 from .init_utils import normal_
+from .load_checks import check_connector_loaded, check_loaded_state_dict
 from .remote_code import AUTO_MAP, write_remote_code
 from .vision_tower import legacy_vision_prefix, vision_tower_from_config
 
@@ -80,7 +81,17 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
         self._lm_keeps_logits = "logits_to_keep" in inspect.signature(self.language_model.forward).parameters
         if config.connector == "qformer":
             config.qformer_config = self.connector.qformer.config
+        # An adapter or checkpoint made for another base fails with one clear message, not a page of size mismatches.
+        self.register_load_state_dict_pre_hook(check_loaded_state_dict)
         self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, output_loading_info: bool = False, **kwargs):
+        """transformers' from_pretrained, refusing a folder without connector weights (which transformers would
+        only warn about while it initialised the connector at random)."""
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        check_connector_loaded(pretrained_model_name_or_path, info["missing_keys"])
+        return (model, info) if output_loading_info else model
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)

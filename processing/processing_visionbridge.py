@@ -73,6 +73,12 @@ class VisionBridgeProcessor(ProcessorMixin):
         image_aspect_ratio: str = "pad",
         **kwargs,
     ):
+        if tokenizer is not None and image_token not in tokenizer.get_vocab():
+            raise ValueError(
+                f"The tokenizer ({type(tokenizer).__name__}, {len(tokenizer)} tokens) has no image token "
+                f"{image_token!r}: add it with tokenizer.add_tokens([{image_token!r}], special_tokens=True) and resize "
+                "the model's embeddings to len(tokenizer), or build the model with from_components, which does both."
+            )
         self.image_token = image_token
         # `bind_config` sets them from the model config; an adapter folder's processor brings its own copy.
         self.image_seq_length = image_seq_length

@@ -1,8 +1,8 @@
 """Run as a script: a short seeded LoRA run of the tiny model on digits, checkpointing every 3 steps; writes the
 final adapter to OUT/final and the logged losses to OUT/losses.json.
 
-usage: fault_train.py VISION LANGUAGE OUT [slow|resume]
-  slow:   sleep after each step from the first checkpoint on, so that a test can kill the process mid-run
+usage: fault_train.py VISION LANGUAGE OUT [hang|resume]
+  hang:   stop after the first checkpoint is saved, until a test kills the process
   resume: continue from the latest checkpoint in OUT/run
 """
 
@@ -20,10 +20,9 @@ import visionbridge
 from visionbridge.trainer import VisionBridgeTrainer, VisionBridgeTrainingArguments
 
 
-class _SlowAfterCheckpoint(TrainerCallback):
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= args.save_steps:
-            time.sleep(2)
+class _HangAfterCheckpoint(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):
+        time.sleep(600)  # until the test kills the process
 
 
 def main(vision: str, language: str, out: str, mode: str = "") -> None:
@@ -47,7 +46,7 @@ def main(vision: str, language: str, out: str, mode: str = "") -> None:
         learning_rate=1e-3,
         connector_lr=3e-3,
         lora_dropout=0.3,  # its masks come from the RNG state that resuming must restore
-        max_steps=8,
+        max_steps=6,
         logging_steps=1,
         save_strategy="steps",
         save_steps=3,
@@ -57,8 +56,8 @@ def main(vision: str, language: str, out: str, mode: str = "") -> None:
         disable_tqdm=True,
     )
     trainer = VisionBridgeTrainer(model=model, args=args, train_dataset=samples, processing_class=processor)
-    if mode == "slow":
-        trainer.add_callback(_SlowAfterCheckpoint())
+    if mode == "hang":
+        trainer.add_callback(_HangAfterCheckpoint())
     trainer.train(resume_from_checkpoint=mode == "resume" or None)
     trainer.save_model(str(Path(out) / "final"))
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
