@@ -17,6 +17,7 @@ from visionbridge import (
     VisionBridgeConfig,
     VisionBridgeForConditionalGeneration,
     VisionBridgeProcessor,
+    load_mm_projector,
 )
 from visionbridge.modeling.tiny_components import train_tiny_tokenizer
 from visionbridge.trainer import VisionBridgeTrainingArguments
@@ -169,3 +170,57 @@ def test_a_complete_checkpoint_still_reports_its_loading_info(make_model, tmp_pa
     loaded, info = VisionBridgeForConditionalGeneration.from_pretrained(tmp_path, output_loading_info=True)
     assert info["missing_keys"] in ([], set())
     assert torch.equal(loaded.connector[2].weight, model.connector[2].weight)
+
+
+def _llava_projector(vision: int = 32, text: int = 64) -> dict:
+    """What LLaVA's pretraining stage saves as mm_projector.bin for mlp2x_gelu."""
+    shapes = {"0.weight": (text, vision), "0.bias": (text,), "2.weight": (text, text), "2.bias": (text,)}
+    return {f"model.mm_projector.{name}": torch.randn(shape) for name, shape in shapes.items()}
+
+
+@pytest.mark.parametrize("suffix", [".bin", ".safetensors"])
+def test_a_llava_mm_projector_loads_into_the_connector(make_model, tmp_path, suffix):
+    model, _ = make_model()
+    projector = _llava_projector()
+    path = tmp_path / f"mm_projector{suffix}"
+    if suffix == ".bin":
+        torch.save(projector, path)
+    else:
+        save_file(projector, path)
+    load_mm_projector(model, path)
+    for name, tensor in model.connector.state_dict().items():
+        assert torch.equal(tensor, projector[f"model.mm_projector.{name}"])
+
+
+class _Payload:
+    """Unpickling this runs code: it creates the file named by `marker`."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+def test_an_mm_projector_with_a_pickled_object_is_refused_unrun(make_model, tmp_path):
+    model, _ = make_model()
+    marker = tmp_path / "code-ran"
+    torch.save({**_llava_projector(), "model.mm_projector.extra": _Payload(marker)}, tmp_path / "mm_projector.bin")
+    with pytest.raises(ValueError, match="pickled objects other than tensors, which are not loaded"):
+        load_mm_projector(model, tmp_path / "mm_projector.bin")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("connector", "projector", "message"),
+    [
+        ("linear", _llava_projector(), r"2 linear layers, but the model's connector has 1: .*connector='mlp2x_gelu'"),
+        ("mlp2x_gelu", _llava_projector(text=128), r"0.weight: file \[128, 32\], model \[64, 32\]"),
+        ("qformer", _llava_projector(), "not 'qformer'"),
+    ],
+)
+def test_an_mm_projector_that_does_not_fit_is_refused(make_model, tmp_path, connector, projector, message):
+    model, _ = make_model(connector=connector)
+    torch.save(projector, tmp_path / "mm_projector.bin")
+    with pytest.raises(ValueError, match=message):
+        load_mm_projector(model, tmp_path / "mm_projector.bin")
