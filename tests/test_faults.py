@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,45 @@ def test_an_interrupted_checkpoint_is_never_resumed_from(make_model, digit_sampl
     trainer.train(resume_from_checkpoint=True)
     assert sorted(path.name for path in run.iterdir()) == ["checkpoint-2", "checkpoint-4"]
     assert json.loads((run / "checkpoint-4" / "trainer_state.json").read_text())["global_step"] == 4
+
+
+def _pickled(path: Path) -> bool:
+    """torch.save output (a zip holding data.pkl, or a bare pickle) or any other pickle stream."""
+    head = path.read_bytes()[:4]
+    if head.startswith(b"PK\x03\x04"):
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith(".pkl") for name in archive.namelist())
+    return head[:1] == b"\x80"
+
+
+def test_saved_folders_hold_no_pickle_but_the_trainers_resume_state(make_model, digit_samples, tmp_path):
+    model, processor = make_model()
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    args = VisionBridgeTrainingArguments(
+        output_dir=str(tmp_path / "run"),
+        per_device_train_batch_size=4,
+        max_steps=2,
+        save_strategy="steps",
+        save_steps=2,
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    trainer = VisionBridgeTrainer(model=model, args=args, train_dataset=digit_samples[:8], processing_class=processor)
+    trainer.train()
+    trainer.save_model(str(tmp_path / "adapter"))
+
+    pickled = sorted(
+        str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*") if path.is_file() and _pickled(path)
+    )
+    # The HF Trainer's resume state: optimizer and scheduler state dicts, and the Python/NumPy/torch RNG states.
+    assert pickled == [
+        "run/checkpoint-2/optimizer.pt",
+        "run/checkpoint-2/rng_state.pth",
+        "run/checkpoint-2/scheduler.pt",
+    ]
+    for folder in ("model", "adapter", "run/checkpoint-2"):
+        assert list((tmp_path / folder).glob("*.safetensors")), folder
+    for name in ("optimizer.pt", "scheduler.pt"):
+        torch.load(tmp_path / "run" / "checkpoint-2" / name, weights_only=True)
