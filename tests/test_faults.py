@@ -187,3 +187,18 @@ def test_saved_folders_hold_no_pickle_but_the_trainers_resume_state(make_model, 
         assert list((tmp_path / folder).glob("*.safetensors")), folder
     for name in ("optimizer.pt", "scheduler.pt"):
         torch.load(tmp_path / "run" / "checkpoint-2" / name, weights_only=True)
+
+
+def test_an_interrupted_adapter_save_leaves_no_folder(make_model, digit_samples, tmp_path, monkeypatch):
+    model, processor = make_model()
+    args = VisionBridgeTrainingArguments(output_dir=str(tmp_path / "run"), report_to=[], use_cpu=True)
+    trainer = VisionBridgeTrainer(model=model, args=args, train_dataset=digit_samples[:4], processing_class=processor)
+    trainer.save_model(str(tmp_path / "adapter"))
+    before = {path.name: path.read_bytes() for path in (tmp_path / "adapter").iterdir()}
+    monkeypatch.setattr(processing_visionbridge, "write_remote_code", _fail)
+    with pytest.raises(OSError, match="disk full"):
+        trainer.save_model(str(tmp_path / "other"))
+    with pytest.raises(OSError, match="disk full"):
+        trainer.save_model(str(tmp_path / "adapter"))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["adapter", "run"]  # run: the output_dir
+    assert {path.name: path.read_bytes() for path in (tmp_path / "adapter").iterdir()} == before

@@ -3,7 +3,8 @@
 Resuming (`resume_from_checkpoint=True`, `visionbridge train --resume`) takes the highest `checkpoint-N` folder,
 and the HF Trainer writes that folder file by file under its final name: a run killed mid-save would leave a
 half-written checkpoint that the next run resumes from. Here each checkpoint is written under a hidden staging
-folder of the run directory and renamed to `checkpoint-N` once complete (a rename is atomic on one filesystem).
+folder beside the run directory (outside it, so that a push of the run directory never uploads it) and renamed
+to `checkpoint-N` once complete (a rename is atomic on one filesystem).
 """
 
 import os
@@ -14,7 +15,6 @@ from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 TRAINER_STATE_NAME = "trainer_state.json"
-STAGING = ".partial-checkpoints"
 
 
 class StagedCheckpoints(Trainer):
@@ -29,7 +29,8 @@ class StagedCheckpoints(Trainer):
     def _save_checkpoint(self, model, trial) -> None:
         run_dir = Path(super()._get_output_dir(trial=trial))
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        staging, final = run_dir / STAGING / name, run_dir / name
+        final = run_dir / name
+        staging = run_dir.resolve().parent / f".{run_dir.name}.partial-checkpoints" / name
         if self.args.should_save:
             shutil.rmtree(staging, ignore_errors=True)  # what a killed run left behind
         self.accelerator.wait_for_everyone()
