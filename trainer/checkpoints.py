@@ -1,6 +1,6 @@
 """Checkpoints that exist whole or not at all.
 
-Resuming (`resume_from_checkpoint=True`, `visionbridge train --resume`) takes the highest `checkpoint-N` folder,
+Resuming with `resume_from_checkpoint=True` (or `get_last_checkpoint`) takes the highest `checkpoint-N` folder,
 and the HF Trainer writes that folder file by file under its final name: a run killed mid-save would leave a
 half-written checkpoint that the next run resumes from. Here each checkpoint is written under a hidden staging
 folder beside the run directory (outside it, so that a push of the run directory never uploads it) and renamed
