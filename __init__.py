@@ -8,7 +8,7 @@ import transformers
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
 from .configuration import CONNECTOR_NAMES, VisionBridgeConfig
-from .modeling import VisionBridgeForConditionalGeneration, from_blip2, from_components, from_llava
+from .modeling import VisionBridgeForConditionalGeneration, from_blip2, from_components, from_llava, load_mm_projector
 from .processing import VisionBridgeProcessor, draw_boxes, parse_boxes
 from .trainer import VisionBridgeTrainer, VisionBridgeTrainingArguments, load_training_data
 
@@ -32,6 +32,7 @@ __all__ = [
     "from_blip2",
     "from_components",
     "from_llava",
+    "load_mm_projector",
     "load_training_data",
     "parse_boxes",
 ]

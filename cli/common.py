@@ -1,13 +1,13 @@
 """What the commands share: loading a model (with an adapter) for inference, writing a folder whole, and showing
 answers next to their images."""
 
-import os
-import shutil
 import sys
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from ..modeling.atomic_save import staged_folder
 
 
 def load_for_inference(model: str, adapter: str | None = None, trust_remote_code: bool = False, dtype: str = "auto"):
@@ -34,16 +34,11 @@ def require_empty(destination: str | Path) -> None:
 
 
 def save_complete(destination: str | Path, model, processor) -> None:
-    """Save `model` and `processor` into `destination` through a hidden sibling folder renamed at the end, so an
-    interrupted save never leaves a folder that looks complete. `destination` must not exist or be empty."""
-    destination = Path(destination)
-    partial = destination.with_name(f".{destination.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
-    processor.save_pretrained(partial)
-    if destination.exists():
-        destination.rmdir()
-    os.replace(partial, destination)
+    """Save `model` and `processor` into `destination` through a hidden sibling folder moved into place at the
+    end, so an interrupted save never leaves a folder that looks complete."""
+    with staged_folder(destination) as staging:
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
 
 
 _SHADES = " .:-=+*#%@"

@@ -1,5 +1,6 @@
 """VisionBridgeConfig: a vision encoder config, a causal-LM config and the connector that joins them."""
 
+import math
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -207,6 +208,9 @@ class VisionBridgeConfig(PretrainedConfig):
         self.image_start_token_id = image_start_token_id
         self.image_end_token_id = image_end_token_id
         self.initializer_range = initializer_range
+        self._check_feature_layer()
+        if image_seq_length is not None:
+            self._check_image_seq_length(image_seq_length)
         self.image_seq_length = image_seq_length or self.derived_image_seq_length(self.vision_config.image_size)
         kwargs.setdefault("tie_word_embeddings", getattr(self.text_config, "tie_word_embeddings", False))
         # The base class sets one attention implementation on every sub-config; keep the ones the parts came with.
@@ -239,6 +243,40 @@ class VisionBridgeConfig(PretrainedConfig):
                 f"hidden_size={self.vision_config.hidden_size}."
             )
         return value
+
+    def _check_feature_layer(self) -> None:
+        """hidden_states holds the embeddings and each layer's output: L + 1 entries, indexed -(L + 1) to L."""
+        layers = getattr(self.vision_config, "num_hidden_layers", None)
+        layer = self.vision_feature_layer
+        if layer is not None and layers is not None and not -(layers + 1) <= layer <= layers:
+            raise ValueError(
+                f"vision_feature_layer={layer} is out of range: the vision encoder "
+                f"({self.vision_config.model_type}) has {layers} layers, so its hidden states are indexed "
+                f"{-(layers + 1)} to {layers} (or None for its final output)."
+            )
+
+    def _check_image_seq_length(self, image_seq_length: int) -> None:
+        """A query connector emits its queries; a patch connector one token per patch of a square grid (plus the
+        prefix under "full"), at whatever resolution the processor feeds."""
+        if self.num_query_tokens is not None:
+            if image_seq_length != self.num_query_tokens:
+                raise ValueError(
+                    f"image_seq_length={image_seq_length} must equal num_query_tokens={self.num_query_tokens}: "
+                    f"the {self.connector} connector emits one token per query."
+                )
+            return
+        prefix = self.num_prefix_tokens if self.vision_feature_select == "full" else 0
+        grid = math.isqrt(max(image_seq_length - prefix, 0))
+        if grid < 1 or grid * grid != image_seq_length - prefix:
+            side = self.vision_config.image_size // self.vision_config.patch_size
+            prefix_text = f" + {prefix} prefix token{'s' if prefix > 1 else ''}" if prefix else ""
+            raise ValueError(
+                f"image_seq_length={image_seq_length} does not fit the encoder's patch grid: "
+                f"{self.vision_config.model_type} at {self.vision_config.image_size} px gives {side}x{side} patches"
+                f"{prefix_text} = {self.derived_image_seq_length(self.vision_config.image_size)} placeholders "
+                f"per image, and any resolution a square number of patches{prefix_text}. Leave image_seq_length "
+                "unset to derive it."
+            )
 
     @property
     def num_prefix_tokens(self) -> int:

@@ -69,6 +69,12 @@ def from_components(
     side = image_processor(Image.new("RGB", (64, 64)), return_tensors="pt")["pixel_values"].shape[-1]
     if "image_seq_length" not in config_kwargs:
         config.image_seq_length = config.derived_image_seq_length(side)
+    elif config.image_seq_length != config.derived_image_seq_length(side):
+        raise ValueError(
+            f"image_seq_length={config.image_seq_length} does not match the image processor's {side} px images, "
+            f"which give {config.derived_image_seq_length(side)} image tokens with the {connector} connector; "
+            "leave image_seq_length unset to derive it."
+        )
     # Building the composite must not re-initialise the pretrained parts; only the new connector is initialised.
     with no_init_weights():
         model = VisionBridgeForConditionalGeneration(config, vision_tower=vision_tower, language_model=llm)

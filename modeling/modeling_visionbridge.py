@@ -19,6 +19,7 @@ from ..configuration.configuration_visionbridge import (
     mlp_depth,
     resolved_text_config,
 )
+from .atomic_save import staged_folder
 from .chat import chat as _chat
 from .connector_mlp import MLPConnector
 from .connector_qformer import QFormerConnector
@@ -26,9 +27,18 @@ from .connector_resampler import ResamplerConnector
 from .hub_upload import pop_hub_kwargs, push_folder
 from .image_boundary import ImageBoundary
 from .init_utils import copy_, normal_
+from .load_checks import check_connector_loaded, check_loaded_state_dict
 from .quantization import with_unquantized_parts
 from .remote_code import AUTO_MAP, language_model_sources, write_remote_code
 from .vision_tower import legacy_vision_prefix, vision_tower_from_config
+
+# Weight files of an earlier save that a new one into the same folder replaces.
+WEIGHT_FILES = (
+    "model*.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model*.bin",
+    "pytorch_model.bin.index.json",
+)
 
 
 def build_connector(config: VisionBridgeConfig) -> nn.Module:
@@ -86,20 +96,27 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
         self._lm_keeps_logits = "logits_to_keep" in inspect.signature(self.language_model.forward).parameters
         if config.connector == "qformer":
             config.qformer_config = self.connector.qformer.config
+        # An adapter or checkpoint made for another base fails with one clear message, not a page of size mismatches.
+        self.register_load_state_dict_pre_hook(check_loaded_state_dict)
         self.post_init()
 
     @classmethod
     def from_pretrained(
-        cls, pretrained_model_name_or_path, *args, quantization_config=None, **kwargs
-    ) -> "VisionBridgeForConditionalGeneration":
-        """As transformers loads a model, with two additions: under `trust_remote_code=True`, a language model that
-        ships its own code is built from the code files saved in the folder or repo; and a bitsandbytes
-        `quantization_config` without `llm_int8_skip_modules` quantizes only the language model's body
-        (quantization.py lists what stays unquantized)."""
+        cls, pretrained_model_name_or_path, *args, quantization_config=None, output_loading_info: bool = False, **kwargs
+    ):
+        """As transformers loads a model, with three additions: a folder without connector weights is refused (which
+        transformers would only warn about while it initialised the connector at random); under
+        `trust_remote_code=True`, a language model that ships its own code is built from the code files saved in the
+        folder or repo; and a bitsandbytes `quantization_config` without `llm_int8_skip_modules` quantizes only the
+        language model's body (quantization.py lists what stays unquantized)."""
         if quantization_config is not None:
             kwargs["quantization_config"] = with_unquantized_parts(quantization_config)
         with language_model_code_from(pretrained_model_name_or_path, kwargs, kwargs.get("trust_remote_code")):
-            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
+            )
+        check_connector_loaded(pretrained_model_name_or_path, info["missing_keys"])
+        return (model, info) if output_loading_info else model
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -280,9 +297,11 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
         language_model_code, language_model_auto_map = language_model_sources(self.language_model)
         if language_model_auto_map:  # the LLM's own code travels in the folder, and its config points at it there
             self.config.text_config.auto_map = language_model_auto_map
-        super().save_pretrained(save_directory, *args, state_dict=self.canonical_state_dict(state_dict), **kwargs)
-        write_remote_code([type(self), type(self.config)], save_directory)
-        for name, text in language_model_code.items():
-            Path(save_directory, name).write_text(text)
+        # Written beside the folder and moved in once complete: a half-written folder never loads as a model.
+        with staged_folder(save_directory, stale=WEIGHT_FILES) as staging:
+            super().save_pretrained(staging, *args, state_dict=self.canonical_state_dict(state_dict), **kwargs)
+            write_remote_code([type(self), type(self.config)], staging)
+            for name, text in language_model_code.items():
+                Path(staging, name).write_text(text)
         if push_to_hub:
             push_folder(save_directory, **hub_kwargs)

@@ -17,6 +17,7 @@ from transformers import BatchFeature, ProcessorMixin
 from transformers.utils import cached_file
 
 from ..configuration.configuration_visionbridge import VisionBridgeConfig
+from ..modeling.atomic_save import staged_folder
 from ..modeling.hub_upload import pop_hub_kwargs, push_folder
 from ..modeling.remote_code import AUTO_MAP, write_remote_code
 from .images import pad_to_square, shrink_for_square, stretch_to_square, to_rgb
@@ -74,6 +75,12 @@ class VisionBridgeProcessor(ProcessorMixin):
         image_end_token: str | None = None,
         **kwargs,
     ):
+        if tokenizer is not None and image_token not in tokenizer.get_vocab():
+            raise ValueError(
+                f"The tokenizer ({type(tokenizer).__name__}, {len(tokenizer)} tokens) has no image token "
+                f"{image_token!r}: add it with tokenizer.add_tokens([{image_token!r}], special_tokens=True) and resize "
+                "the model's embeddings to len(tokenizer), or build the model with from_components, which does both."
+            )
         self.image_token = image_token
         # `bind_config` sets them from the model config; an adapter folder's processor brings its own copy.
         self.image_seq_length = image_seq_length
@@ -241,25 +248,26 @@ class VisionBridgeProcessor(ProcessorMixin):
         """Save the processor so that both transformers lines load it, with the flat remote code; with
         push_to_hub, upload the folder once it is complete."""
         hub_kwargs = pop_hub_kwargs(kwargs)
-        result = super().save_pretrained(save_directory, **kwargs)
-        directory = Path(save_directory)
-        # transformers 5 folds the image processor into processor_config.json; 4.x reads preprocessor_config.json.
-        if not (directory / "preprocessor_config.json").exists():
-            self.image_processor.save_pretrained(directory)
-        binding = {
-            "image_seq_length": self.image_seq_length,
-            "image_aspect_ratio": self.image_aspect_ratio,
-            "image_start_token": self.image_start_token,
-            "image_end_token": self.image_end_token,
-        }
-        _rewrite_json(
-            directory / "processor_config.json", lambda data: {**_processor_config_for_both_lines(data), **binding}
-        )
-        _rewrite_json(directory / "tokenizer_config.json", _tokenizer_config_for_both_lines)
-        write_remote_code([type(self)], directory)
+        # Written beside the folder and moved in once complete, processor_config.json last.
+        with staged_folder(save_directory, last=("processor_config.json",)) as directory:
+            written = super().save_pretrained(directory, **kwargs)
+            # transformers 5 folds the image processor into processor_config.json; 4.x reads preprocessor_config.json.
+            if not (directory / "preprocessor_config.json").exists():
+                self.image_processor.save_pretrained(directory)
+            binding = {
+                "image_seq_length": self.image_seq_length,
+                "image_aspect_ratio": self.image_aspect_ratio,
+                "image_start_token": self.image_start_token,
+                "image_end_token": self.image_end_token,
+            }
+            _rewrite_json(
+                directory / "processor_config.json", lambda data: {**_processor_config_for_both_lines(data), **binding}
+            )
+            _rewrite_json(directory / "tokenizer_config.json", _tokenizer_config_for_both_lines)
+            write_remote_code([type(self)], directory)
         if push_to_hub:
-            push_folder(directory, **hub_kwargs)
-        return result
+            push_folder(save_directory, **hub_kwargs)
+        return [str(Path(save_directory, Path(path).name)) for path in written]
 
 
 def _rewrite_json(path: Path, edit) -> None:

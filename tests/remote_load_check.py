@@ -1,5 +1,6 @@
 """Run as a script in a fresh interpreter: load a saved VisionBridge folder through the Auto classes with
-trust_remote_code while `visionbridge` cannot be imported, and write its logits and greedy tokens.
+trust_remote_code while `visionbridge` cannot be imported and no socket can be opened, and write its logits,
+greedy tokens and any network access attempted.
 
 usage: remote_load_check.py FOLDER IMAGE OUT
 """
@@ -22,13 +23,31 @@ class _BlockVisionbridge:
         return None
 
 
-def _no_network(*args, **kwargs):
-    raise OSError("network access attempted while loading remote code")
+NETWORK_ATTEMPTS: list[str] = []
+
+
+def _refuse(what: str):
+    """Record the attempt (a caller might swallow the error) and fail it."""
+
+    def refused(*args, **kwargs):
+        NETWORK_ATTEMPTS.append(what)
+        raise OSError(f"network access attempted while loading remote code: {what}")
+
+    return refused
+
+
+def _block_network() -> None:
+    """No socket can be created, connected or resolved from here on."""
+    socket.socket.connect = _refuse("socket.connect")  # sockets of the class already imported elsewhere
+    socket.socket.connect_ex = _refuse("socket.connect_ex")
+    socket.socket = type("RefusedSocket", (socket.socket,), {"__init__": _refuse("socket.socket")})
+    socket.getaddrinfo = _refuse("socket.getaddrinfo")
+    socket.create_connection = _refuse("socket.create_connection")
 
 
 def main(folder: str, image_path: str, out: str) -> None:
     sys.meta_path.insert(0, _BlockVisionbridge())
-    socket.socket.connect = _no_network
+    _block_network()
     try:
         importlib.util.find_spec("visionbridge")
         raise SystemExit("visionbridge is importable; the check would prove nothing")
@@ -62,6 +81,7 @@ def main(folder: str, image_path: str, out: str) -> None:
             }
         )
         tensors[f"logits_{loader.__name__}"] = logits.contiguous()
+    results["network_attempts"] = NETWORK_ATTEMPTS
     tensors["input_ids"] = inputs["input_ids"].contiguous()
     tensors["pixel_values"] = inputs["pixel_values"].contiguous()
     save_file(tensors, f"{out}.safetensors")

@@ -1,8 +1,11 @@
 """A saved folder is a complete Hub repo: it loads in a fresh interpreter where visionbridge is not importable,
 on this transformers line and on the other one (VISIONBRIDGE_OTHER_PYTHON names that interpreter; CI sets it)."""
 
+import ast
+import importlib.metadata
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -58,7 +61,9 @@ def test_fresh_interpreter_without_visionbridge_loads_the_same_model(
     expected_tokens = expected_tokens[0, inputs["input_ids"].shape[1] :].tolist()
 
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HOME=str(tmp_path / "hf"))
+    # Online mode: the check blocks every socket itself, and records any attempt a library might swallow.
+    env.pop("HF_HUB_OFFLINE", None)
+    env.update(HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HOME=str(tmp_path / "hf"))
     run = subprocess.run(
         [python, str(CHECK), str(folder), str(photo), str(tmp_path / "out")],
         cwd=tmp_path,
@@ -73,6 +78,7 @@ def test_fresh_interpreter_without_visionbridge_loads_the_same_model(
     same_line = report["transformers"] == transformers.__version__
     assert same_line == (which == "this line")
 
+    assert report["network_attempts"] == []
     assert torch.equal(tensors["input_ids"], inputs["input_ids"])
     assert torch.allclose(tensors["pixel_values"], inputs["pixel_values"], atol=1e-5)
     loaders = {entry["name"] for entry in report["loaders"]}
@@ -105,6 +111,42 @@ def test_saved_folder_holds_flat_code_and_the_auto_map(make_model, tmp_path):
     assert not list(tmp_path.glob("*.bin")) and not list(tmp_path.glob("*.pt"))
     assert json.loads((tmp_path / "tokenizer_config.json").read_text())["tokenizer_class"] != "TokenizersBackend"
     assert (tmp_path / "preprocessor_config.json").is_file()
+
+
+def _allowed_top_level_modules() -> set[str]:
+    """The standard library, torch, transformers, and what installing transformers always brings (numpy,
+    huggingface_hub, safetensors, ...) plus Pillow, which transformers' image processors need."""
+    required = {"pillow", "torch", "transformers"}
+    for requirement in importlib.metadata.requires("transformers"):
+        if "extra ==" not in requirement:
+            required.add(re.match(r"[A-Za-z0-9_.-]+", requirement).group(0).lower().replace("_", "-"))
+    provided_by = importlib.metadata.packages_distributions()
+    third_party = {
+        module
+        for module, distributions in provided_by.items()
+        if any(name.lower().replace("_", "-") in required for name in distributions)
+    }
+    return set(sys.stdlib_module_names) | third_party
+
+
+def test_remote_code_imports_only_transformers_torch_and_the_standard_library(make_model, tmp_path):
+    model, processor = make_model(connector="qformer")
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    allowed, flat_files = _allowed_top_level_modules(), {path.stem for path in tmp_path.glob("*.py")}
+    assert {"visionbridge", "peft", "sklearn", "accelerate"}.isdisjoint(allowed)
+    imported = {}
+    for path in sorted(tmp_path.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                assert node.level == 1 and node.module in flat_files, (
+                    f"{path.name}: from {'.' * node.level}{node.module}"
+                )
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module]
+                imported.update({name.split(".")[0]: path.name for name in names})
+    assert {"torch", "transformers"} <= set(imported)
+    assert {module: file for module, file in imported.items() if module not in allowed} == {}
 
 
 def test_flattening_refuses_two_files_with_one_name(tmp_path, monkeypatch):

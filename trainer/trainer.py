@@ -11,13 +11,14 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.utils.data import IterableDataset
-from transformers import Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.utils import logging
 
+from ..modeling.atomic_save import staged_folder
 from .arguments import VisionBridgeTrainingArguments
 from .bad_samples import SKIPPED, IndexedSamples
 from .callbacks import GradientCheck
+from .checkpoints import StagedCheckpoints
 from .collator import VisionBridgeCollator
 from .data import VisionBridgeDataset
 from .lora import part_of, prepare_model, unwrap
@@ -78,7 +79,7 @@ def _index_samples(dataset, collator, on_bad_sample: str):
     return IndexedSamples(dataset, on_bad_sample)
 
 
-class VisionBridgeTrainer(Trainer):
+class VisionBridgeTrainer(StagedCheckpoints):
     def __init__(self, model: nn.Module, args: VisionBridgeTrainingArguments, data_collator=None, **kwargs):
         if not isinstance(args, VisionBridgeTrainingArguments):
             raise TypeError(f"VisionBridgeTrainer needs VisionBridgeTrainingArguments, got {type(args).__name__}.")
@@ -150,11 +151,12 @@ class VisionBridgeTrainer(Trainer):
         card.save(Path(self.args.output_dir) / "README.md")
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        super()._save(output_dir, state_dict)
-        # The Trainer pickles its arguments to training_args.bin; the same arguments are kept as JSON instead.
-        directory = Path(output_dir or self.args.output_dir)
-        (directory / "training_args.bin").unlink(missing_ok=True)
-        (directory / "training_args.json").write_text(self.args.to_json_string())
+        # Written beside the folder and moved in once complete: a half-written adapter never loads.
+        with staged_folder(output_dir or self.args.output_dir) as directory:
+            super()._save(str(directory), state_dict)
+            # The Trainer pickles its arguments to training_args.bin; the same arguments are kept as JSON instead.
+            (directory / "training_args.bin").unlink(missing_ok=True)
+            (directory / "training_args.json").write_text(self.args.to_json_string())
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         """One group per part (connector at connector_lr, LLM at learning_rate, vision at vision_lr), each split
