@@ -107,12 +107,14 @@ def train_side(packing: bool, size: str, device: str, vision_path: str, language
     row_length = ROW_LENGTH if packing and attention == "sdpa" else None
     collator = VisionBridgeCollator(processor, packing=packing, packing_row_length=row_length)
     samples = long_tailed_samples(batch_size * (warmup + steps), image_side, longest_answer)
-    batches = [collator(samples[i : i + batch_size]) for i in range(0, len(samples), batch_size)]
+    chunks = [samples[i : i + batch_size] for i in range(0, len(samples), batch_size)]
+    batches = [collator(chunk) for chunk in chunks]
+    # Both sides are credited the tokens of their samples, whatever padding their layout adds (rows end padded too).
+    real_tokens = [sum(len(collator.encode(s["messages"], len(s["images"]))[0]) for s in chunk) for chunk in chunks]
 
     seconds, tokens, slots, first_losses = [], [], [], None
-    for batch in batches:
+    for batch, real in zip(batches, real_tokens, strict=True):
         batch = {key: value.to(device) for key, value in batch.items()}
-        real = int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
         sync()
         start = time.perf_counter()
         with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=device != "cpu"):

@@ -5,21 +5,21 @@ usage: pipeline_check.py FOLDER IMAGE
 """
 
 import json
-import socket
 import sys
 
 from PIL import Image
-from remote_load_check import _BlockVisionbridge, _no_network
+from remote_load_check import NETWORK_ATTEMPTS, _block_network, _BlockVisionbridge
 from transformers import pipeline
 
 
 def main(folder: str, image_path: str) -> None:
     sys.meta_path.insert(0, _BlockVisionbridge())
-    socket.socket.connect = _no_network
+    _block_network()
     pipe = pipeline("image-text-to-text", model=folder, trust_remote_code=True)
     assert type(pipe.model).__module__.startswith("transformers_modules."), type(pipe.model).__module__
     content = [{"type": "image", "image": Image.open(image_path)}, {"type": "text", "text": "What is in the picture?"}]
     output = pipe(text=[{"role": "user", "content": content}], max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    assert not NETWORK_ATTEMPTS, NETWORK_ATTEMPTS
     print(json.dumps(output[0]["generated_text"][-1]["content"]))
 
 
