@@ -11,9 +11,11 @@ def _pixels(model, n=2):
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(0))
 
 
-def _count_calls(module):
+def _count_calls(module, finished=True):
+    """Calls of `module` that ran to the end (`finished`) or that started."""
     calls = []
-    return calls, module.register_forward_pre_hook(lambda *args: calls.append(1))
+    register = module.register_forward_hook if finished else module.register_forward_pre_hook
+    return calls, register(lambda *args: calls.append(1))
 
 
 @pytest.mark.parametrize("vision", ["clip", "siglip"])
@@ -62,7 +64,7 @@ def test_trainable_tower_still_gets_gradients(make_model):
 def test_generate_encodes_the_images_at_prefill_only(make_model, photos):
     model, processor = make_model()
     inputs = processor(images=photos[:1], text="<image> What is this?")
-    calls, hook = _count_calls(model.vision_tower)
+    calls, hook = _count_calls(model.vision_tower, finished=False)
     output = model.generate(**inputs, max_new_tokens=6, min_new_tokens=6, do_sample=False)
     hook.remove()
     assert output.shape[1] == inputs["input_ids"].shape[1] + 6
