@@ -2,7 +2,8 @@
 
 LLaVA reads layer -2 of CLIP: the encoder's last block (and its final norm or pooling head) only cost time. The
 blocks are found where CLIP, SigLIP and BLIP-2 (`encoder.layers`) and ViT and DINOv2 (`encoder.layer`) keep them;
-an encoder laid out otherwise runs whole, with the same result.
+an encoder laid out otherwise runs whole, with the same result. The tower's forward ends early, so forward
+hooks on the tower itself do not run (pre-hooks do).
 """
 
 import torch
