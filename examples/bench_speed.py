@@ -12,7 +12,6 @@ and 8), and the process's peak memory.
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -53,9 +52,9 @@ SIDES = {"visionbridge": "connector", "llava": "multi_modal_projector"}  # side 
 def build(folder: Path, size: str) -> float:
     """Write visionbridge/, llava/ and batch.safetensors under `folder`; returns the max |logit difference| of
     the two models on the batch, checked here before any timing."""
-    import visionbridge
     from transformers import AutoModel, AutoModelForCausalLM, CLIPImageProcessor, CLIPVisionConfig, LlamaConfig
 
+    import visionbridge
     from visionbridge.modeling import to_llava
     from visionbridge.modeling.tiny_components import train_tiny_tokenizer
 
@@ -119,6 +118,17 @@ def _timed(function, device: str) -> float:
     return time.perf_counter() - start
 
 
+def _generation(model, inputs: dict, settings: dict, runs: int, device: str) -> tuple[float, torch.Tensor]:
+    """(median seconds of `runs` generate calls after one warm-up call, the last output ids)."""
+    outputs = []
+
+    def once():
+        outputs.append(model.generate(**inputs, **settings))
+
+    times = [_timed(once, device) for _ in range(1 + runs)]
+    return statistics.median(times[1:]), outputs[-1]
+
+
 def worker(side: str, folder: Path, size: str, device: str, threads: int, output: Path) -> None:
     """Load one side from `folder`, record its logits on the batch, then time training and generation."""
     from peft import LoraConfig, get_peft_model
@@ -138,17 +148,12 @@ def worker(side: str, folder: Path, size: str, device: str, threads: int, output
         logits = model(**_model_inputs(batch)).logits.float().cpu()
     save_file({"logits": logits}, output.with_suffix(".logits.safetensors"))
 
+    settings = dict(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False, use_cache=True)
+    settings["pad_token_id"] = model.config.text_config.pad_token_id
     for rows in (1, BATCH):
         inputs = _model_inputs(batch, rows)
-        settings = dict(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False, use_cache=True)
-        settings["pad_token_id"] = model.config.text_config.pad_token_id
-        generated = []
-        times = [
-            _timed(lambda: generated.append(model.generate(**inputs, **settings)), device)
-            for _ in range(1 + spec["generations"])
-        ]
-        result[f"generate_{rows}"] = statistics.median(times[1:])
-        result[f"tokens_{rows}"] = generated[-1][:, -NEW_TOKENS:].tolist()
+        result[f"generate_{rows}"], tokens = _generation(model, inputs, settings, spec["generations"], device)
+        result[f"tokens_{rows}"] = tokens[:, -NEW_TOKENS:].tolist()
 
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=LORA_TARGETS)
     model = get_peft_model(model, LoraConfig(**lora.to_dict() | {"modules_to_save": [SIDES[side]]}))
@@ -208,7 +213,8 @@ def run(size: str, device: str) -> list[dict]:
                 None,
                 f"<= {tolerance:.2g}",
                 max(built_difference, loaded_difference) <= tolerance,
-                f"same weights and batch; in one process {built_difference:.2g}, loaded per side {loaded_difference:.2g}",
+                f"same weights and batch; in one process {built_difference:.2g}, "
+                f"loaded per side {loaded_difference:.2g}",
             )
         )
         ratio = ours["train_step"] / theirs["train_step"]
