@@ -32,7 +32,7 @@ CONNECTOR_SETTINGS = {
     "resampler": {"num_query_tokens": 9, "resampler_num_heads": 4},
 }
 # The tiny size only shows that the section runs; the goal is judged at the full budget.
-BUDGETS = {"tiny": {"steps": 4, "held_out": 16}, "full": {"steps": 2000, "held_out": None}}
+BUDGETS = {"tiny": {"steps": 2, "held_out": 8}, "full": {"steps": 2000, "held_out": None}}
 GOAL_CONNECTOR, GOAL_ACCURACY, GOAL_SECONDS = "mlp2x_gelu", 0.95, 300  # seconds of training, wall clock
 
 
