@@ -32,7 +32,7 @@ def _cell(value) -> str:
         return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 1e4 else f"{value:.0f}"
-    return str(value).replace("|", "/")
+    return str(value).replace("|", "\\|")
 
 
 def markdown_table(rows: list[dict]) -> str:
