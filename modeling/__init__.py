@@ -1,7 +1,7 @@
 """VisionBridgeForConditionalGeneration, the connectors, the builders and checkpoint conversion."""
 
 from .convert_blip2 import from_blip2
-from .convert_llava import from_llava
+from .convert_llava import from_llava, to_llava
 from .from_components import from_components
 from .mm_projector import load_mm_projector
 from .modeling_visionbridge import VisionBridgeForConditionalGeneration
@@ -12,4 +12,5 @@ __all__ = [
     "from_components",
     "from_llava",
     "load_mm_projector",
+    "to_llava",
 ]

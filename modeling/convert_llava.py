@@ -1,9 +1,16 @@
-"""`from_llava`: a transformers `LlavaForConditionalGeneration` (the llava-hf format) as a VisionBridge model."""
+"""`from_llava` and `to_llava`: between a transformers `LlavaForConditionalGeneration` (the llava-hf format) and a
+VisionBridge model with LLaVA's layout (mlp2x_gelu connector, one hidden layer read)."""
 
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoProcessor, LlavaForConditionalGeneration, PreTrainedModel
+from transformers import (
+    AutoModelForCausalLM,
+    AutoProcessor,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    PreTrainedModel,
+)
 
 from ..configuration.configuration_visionbridge import VisionBridgeConfig
 from ..processing.processing_visionbridge import VisionBridgeProcessor
@@ -11,6 +18,7 @@ from .init_utils import no_init_weights
 from .modeling_visionbridge import VisionBridgeForConditionalGeneration
 
 _SELECT = {"default": "patch", "full": "full"}
+_CONNECTOR_KEYS = {"linear_1": "0", "linear_2": "2"}
 
 
 def _causal_lm(base_model: PreTrainedModel, lm_head: torch.nn.Module, text_config) -> PreTrainedModel:
@@ -23,6 +31,12 @@ def _causal_lm(base_model: PreTrainedModel, lm_head: torch.nn.Module, text_confi
     if left_on_meta:
         raise ValueError(f"{type(llm).__name__} holds more than a base model and a head: {left_on_meta}")
     return llm
+
+
+def _connector_state(projector: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Llava's projector weights under our mlp2x_gelu connector's names (LLaVA's own mm_projector names)."""
+    state = projector.state_dict()
+    return {_CONNECTOR_KEYS[key.split(".")[0]] + "." + key.split(".")[1]: value for key, value in state.items()}
 
 
 def _feature_select(config) -> str:
@@ -65,14 +79,7 @@ def from_llava(
     with no_init_weights():
         model = VisionBridgeForConditionalGeneration(config, vision_tower=vision_tower, language_model=llm)
     projector = llava.model.multi_modal_projector
-    model.connector.load_state_dict(
-        {
-            "0.weight": projector.linear_1.weight,
-            "0.bias": projector.linear_1.bias,
-            "2.weight": projector.linear_2.weight,
-            "2.bias": projector.linear_2.bias,
-        }
-    )
+    model.connector.load_state_dict(_connector_state(projector))
     bridge_processor = VisionBridgeProcessor(
         processor.image_processor,
         processor.tokenizer,
@@ -80,3 +87,44 @@ def from_llava(
         image_token=processor.image_token,
     )
     return model.eval(), bridge_processor.bind_config(config)
+
+
+def to_llava(model: VisionBridgeForConditionalGeneration) -> LlavaForConditionalGeneration:
+    """The same model as a transformers `LlavaForConditionalGeneration`, every weight copied: for models that
+    LLaVA can express (mlp2x_gelu connector, one hidden layer read, the CLS token dropped or kept)."""
+    config = model.config
+    if config.connector != "mlp2x_gelu" or config.vision_feature_layer is None:
+        raise ValueError(
+            "Only an mlp2x_gelu connector reading one hidden layer converts to Llava, got "
+            f"connector={config.connector!r}, vision_feature_layer={config.vision_feature_layer}."
+        )
+    strategy = {select: name for name, select in _SELECT.items()}[config.vision_feature_select]
+    if strategy == "default" and config.num_prefix_tokens != 1:
+        raise ValueError(
+            f"Llava drops exactly one CLS token; {config.vision_config.model_type} has {config.num_prefix_tokens}."
+        )
+    llava_config = LlavaConfig(
+        vision_config=config.vision_config.to_dict(),
+        text_config=config.text_config.to_dict(),
+        image_token_index=config.image_token_id,
+        image_seq_length=config.image_seq_length,
+        vision_feature_layer=config.vision_feature_layer,
+        vision_feature_select_strategy=strategy,
+        projector_hidden_act="gelu",
+        multimodal_projector_bias=True,
+        tie_word_embeddings=config.tie_word_embeddings,
+    )
+    with no_init_weights():
+        llava = LlavaForConditionalGeneration(llava_config)
+    llm = model.language_model
+    llava.model.vision_tower.load_state_dict(model.vision_tower.state_dict())
+    llava.model.language_model.load_state_dict(getattr(llm, llm.base_model_prefix).state_dict())
+    llava.lm_head.load_state_dict(llm.get_output_embeddings().state_dict())
+    names = {number: name for name, number in _CONNECTOR_KEYS.items()}
+    llava.model.multi_modal_projector.load_state_dict(
+        {
+            f"{names[key.split('.')[0]]}.{key.split('.')[1]}": value
+            for key, value in model.connector.state_dict().items()
+        }
+    )
+    return llava.to(model.dtype).eval()

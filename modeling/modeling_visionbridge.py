@@ -30,6 +30,7 @@ from .init_utils import copy_, normal_
 from .load_checks import check_connector_loaded, check_loaded_state_dict
 from .quantization import with_unquantized_parts
 from .remote_code import AUTO_MAP, language_model_sources, write_remote_code
+from .vision_features import hidden_layer
 from .vision_tower import legacy_vision_prefix, vision_tower_from_config
 
 # Weight files of an earlier save that a new one into the same folder replaces.
@@ -156,11 +157,14 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
         kwargs = {}
         if pixel_values.shape[-1] != self.config.vision_config.image_size:
             kwargs["interpolate_pos_encoding"] = True  # another resolution than the encoder was trained at
-        layer = self.config.vision_feature_layer
-        outputs = self.vision_tower(
-            pixel_values.to(self.vision_tower.dtype), output_hidden_states=layer is not None, **kwargs
-        )
-        features = outputs.last_hidden_state if layer is None else outputs.hidden_states[layer]  # [N, prefix+P, D_v]
+        layer, pixel_values = self.config.vision_feature_layer, pixel_values.to(self.vision_tower.dtype)
+        # A frozen tower needs no autograd graph: its features enter the connector as plain inputs.
+        tower_trains = any(parameter.requires_grad for parameter in self.vision_tower.parameters())
+        with torch.set_grad_enabled(tower_trains and torch.is_grad_enabled()):
+            if layer is None:
+                features = self.vision_tower(pixel_values, **kwargs).last_hidden_state  # [N, prefix+P, D_vision]
+            else:
+                features = hidden_layer(self.vision_tower, pixel_values, layer, **kwargs)  # [N, prefix+P, D_vision]
         if self.config.vision_feature_select == "patch":
             features = features[:, self.config.num_prefix_tokens :]  # [N, P, D_vision]
         return self.connector(features)  # [N, S, D_text]; each connector casts to its own dtype

@@ -176,3 +176,17 @@ def test_convert_command_refuses_a_non_empty_destination(llava_dir, tmp_path):
     )
     assert run.returncode != 0 and "not empty" in run.stderr
     assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+def test_to_llava_gives_the_same_logits_and_tokens(make_model, photos):
+    model, processor = make_model()
+    llava = visionbridge.modeling.to_llava(model)
+    assert isinstance(llava, LlavaForConditionalGeneration)
+    assert (llava.config.image_token_id, llava.config.vision_feature_layer) == (model.config.image_token_id, -2)
+    _assert_same_outputs(model, llava, processor(images=photos[:1], text="<image> What is this?"))
+
+
+def test_to_llava_refuses_a_query_connector(make_model):
+    model, _ = make_model(connector="resampler")
+    with pytest.raises(ValueError, match="Only an mlp2x_gelu connector"):
+        visionbridge.modeling.to_llava(model)

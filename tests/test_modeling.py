@@ -76,7 +76,8 @@ def test_batched_left_padded_generation_equals_one_by_one(make_model, language):
 def test_vision_tower_runs_once_per_generate_call(make_model):
     model, processor = make_model()
     calls = []
-    handle = model.vision_tower.register_forward_hook(lambda *args: calls.append(1))
+    # A pre-hook: the tower's forward ends at the block its features come from, before forward hooks would run.
+    handle = model.vision_tower.register_forward_pre_hook(lambda *args: calls.append(1))
     inputs = processor(images=_images(2), text=["<image> a", "<image> bb"])
     model.generate(**inputs, max_new_tokens=5, min_new_tokens=5, do_sample=False)
     handle.remove()
