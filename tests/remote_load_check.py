@@ -7,8 +7,11 @@ usage: remote_load_check.py FOLDER IMAGE OUT
 
 import importlib.util
 import json
+import os
 import socket
+import subprocess
 import sys
+from pathlib import Path
 
 import torch
 import transformers
@@ -87,6 +90,25 @@ def main(folder: str, image_path: str, out: str) -> None:
     save_file(tensors, f"{out}.safetensors")
     with open(f"{out}.json", "w") as handle:
         json.dump(results, handle)
+
+
+def run_check(python: str, folder, image, workdir: Path, offline: bool = True) -> tuple[dict, dict]:
+    """Run this script under `python` (a fresh interpreter without PYTHONPATH, HF caches of its own in `workdir`;
+    offline, or online with every socket blocked by the script) and return its report and tensors."""
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "HF_HUB_OFFLINE")}
+    env.update(HF_MODULES_CACHE=str(workdir / "modules"), HF_HOME=str(workdir / "hf"))
+    if offline:
+        env["HF_HUB_OFFLINE"] = "1"
+    run = subprocess.run(
+        [python, __file__, str(folder), str(image), str(workdir / "out")],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads((workdir / "out.json").read_text()), load_file(workdir / "out.safetensors")
 
 
 if __name__ == "__main__":

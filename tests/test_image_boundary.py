@@ -1,17 +1,13 @@
 """LLaVA's `mm_use_im_start_end`: learned start/end embeddings around each image's placeholders, trained and saved
 with the connector."""
 
-import json
-import os
-import subprocess
-
 import pytest
 import torch
 import transformers
 from peft import PeftModel
 from PIL import Image
-from safetensors.torch import load_file
-from test_remote_code import CHECK, PROMPT, _interpreter
+from remote_load_check import run_check
+from test_remote_code import PROMPT, _interpreter
 from transformers import AutoModelForImageTextToText
 
 from visionbridge import VisionBridgeProcessor
@@ -162,19 +158,7 @@ def test_fresh_interpreter_loads_the_boundary_tokens(make_model, photos, tmp_pat
     with torch.no_grad():
         expected_logits = model(**inputs).logits
 
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HOME=str(tmp_path / "hf"))
-    run = subprocess.run(
-        [python, str(CHECK), str(folder), str(photo), str(tmp_path / "out")],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    report = json.loads((tmp_path / "out.json").read_text())
-    tensors = load_file(tmp_path / "out.safetensors")
+    report, tensors = run_check(python, folder, photo, tmp_path)
     assert (report["transformers"] == transformers.__version__) == (which == "this line")
     assert torch.equal(tensors["input_ids"], inputs["input_ids"])
     assert _wrapped_runs(tensors["input_ids"][0].tolist(), model.config) == 1

@@ -6,19 +6,16 @@ import importlib.metadata
 import json
 import os
 import re
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 import transformers
 from PIL import Image
-from safetensors.torch import load_file
+from remote_load_check import run_check
 
 from visionbridge.modeling.remote_code import flat_sources
 
-CHECK = Path(__file__).with_name("remote_load_check.py")
 PROMPT = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in the picture?"}]}]
 
 
@@ -60,21 +57,8 @@ def test_fresh_interpreter_without_visionbridge_loads_the_same_model(
     expected_tokens = model.generate(**inputs, max_new_tokens=8, min_new_tokens=8, do_sample=False)
     expected_tokens = expected_tokens[0, inputs["input_ids"].shape[1] :].tolist()
 
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     # Online mode: the check blocks every socket itself, and records any attempt a library might swallow.
-    env.pop("HF_HUB_OFFLINE", None)
-    env.update(HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HOME=str(tmp_path / "hf"))
-    run = subprocess.run(
-        [python, str(CHECK), str(folder), str(photo), str(tmp_path / "out")],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    report = json.loads((tmp_path / "out.json").read_text())
-    tensors = load_file(tmp_path / "out.safetensors")
+    report, tensors = run_check(python, folder, photo, tmp_path, offline=False)
     same_line = report["transformers"] == transformers.__version__
     assert same_line == (which == "this line")
 

@@ -12,14 +12,13 @@ from pathlib import Path
 import torch
 from peft import PeftModel
 from PIL import Image
-from safetensors.torch import load_file
+from remote_load_check import run_check
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
 import visionbridge
 from visionbridge.modeling.tiny_components import SPECIAL_TOKENS, train_tiny_tokenizer
 
 REMOTE_LM = Path(__file__).with_name("remote_lm")
-CHECK = Path(__file__).with_name("remote_load_check.py")
 AUTO_MAP = {
     "AutoConfig": "configuration_tinygpt.TinyGPTConfig",
     "AutoModelForCausalLM": "modeling_tinygpt.TinyGPTForCausalLM",
@@ -110,17 +109,7 @@ def test_remote_code_llm_trains_with_lora_saves_and_loads_without_its_repo(compo
     assert run.returncode != 0 and "load it with trust_remote_code=True" in run.stderr, run.stderr[-3000:]
     # This transformers line, and the other one where CI names its interpreter.
     for python in [sys.executable, *filter(None, [os.environ.get("VISIONBRIDGE_OTHER_PYTHON")])]:
-        run = subprocess.run(
-            [python, str(CHECK), str(folder), str(photo), str(tmp_path / "out")],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert run.returncode == 0, run.stderr[-3000:]
-        report = json.loads((tmp_path / "out.json").read_text())
-        tensors = load_file(tmp_path / "out.safetensors")
+        report, tensors = run_check(python, folder, photo, tmp_path)
         assert torch.equal(tensors["input_ids"], inputs["input_ids"])
         for entry in report["loaders"]:
             assert entry["differing_tensors"] == []
