@@ -60,6 +60,17 @@ def build_connector(config: VisionBridgeConfig) -> nn.Module:
     raise ValueError(f"Connector {config.connector!r} has no implementation in this version of visionbridge.")
 
 
+def _read_saved_vision_layout(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    """load_state_dict pre-hook: tensors saved under the nested vision-tower keys that `canonical_state_dict`
+    writes are renamed to the flat keys of a transformers-5 tower (the Trainer restores checkpoints this way)."""
+    nested = legacy_vision_prefix(module.vision_tower)
+    if nested is None:
+        return
+    saved, own = f"{prefix}vision_tower.{nested}.", f"{prefix}vision_tower."
+    for key in [key for key in state_dict if key.startswith(saved)]:
+        state_dict[own + key[len(saved) :]] = state_dict.pop(key)
+
+
 class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
     config_class = VisionBridgeConfig
     input_modalities = ("image", "text")
@@ -97,7 +108,9 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
         self._lm_keeps_logits = "logits_to_keep" in inspect.signature(self.language_model.forward).parameters
         if config.connector == "qformer":
             config.qformer_config = self.connector.qformer.config
-        # An adapter or checkpoint made for another base fails with one clear message, not a page of size mismatches.
+        # Weights come back in the layout save_pretrained writes; an adapter or checkpoint made for another base fails
+        # with one clear message, not a page of size mismatches.
+        self.register_load_state_dict_pre_hook(_read_saved_vision_layout)
         self.register_load_state_dict_pre_hook(check_loaded_state_dict)
         self.post_init()
 

@@ -145,6 +145,25 @@ def test_loaded_tensors_equal_the_saved_ones(make_model, tmp_path, connector):
         assert torch.equal(loaded[key], tensor), key
 
 
+@pytest.mark.parametrize("vision", ["clip", "siglip"])
+def test_load_state_dict_reads_the_saved_key_layout(make_model, tmp_path, vision):
+    """The Trainer restores a full checkpoint with load_state_dict: every saved tensor, the vision tower's included,
+    must land in the model, whichever key layout this transformers line builds the tower with."""
+    from safetensors.torch import load_file
+
+    model, _ = make_model(vision, "llama")
+    model.save_pretrained(tmp_path)
+    saved = load_file(tmp_path / "model.safetensors")
+    other, _ = make_model(vision, "llama")
+    with torch.no_grad():
+        for parameter in other.vision_tower.parameters():
+            parameter.add_(1.0)
+    result = other.load_state_dict(saved, strict=False)
+    assert result.unexpected_keys == [] and result.missing_keys == []
+    for name, tensor in other.vision_tower.state_dict().items():
+        assert torch.equal(tensor, model.vision_tower.state_dict()[name]), name
+
+
 def test_from_components_keeps_the_pretrained_weights(components):
     from transformers import AutoModel, AutoModelForCausalLM
 
