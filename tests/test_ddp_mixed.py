@@ -27,7 +27,8 @@ def test_text_only_training_batch_gives_the_image_path_zero_gradients(make_model
     model, processor = make_model(mm_use_im_start_end=True)
     batch = VisionBridgeCollator(processor)(_text_only(digit_samples, 2))
     tower_calls = []
-    model.vision_tower.register_forward_hook(lambda *args: tower_calls.append(1))
+    # A pre-hook: the tower stops after the layer it reads, so forward hooks on the tower itself never run.
+    model.vision_tower.register_forward_pre_hook(lambda *args: tower_calls.append(1))
     with torch.no_grad():
         expected = model(**batch).logits  # eval: no blank image
     assert tower_calls == []
