@@ -4,6 +4,7 @@ import os
 
 import pytest
 import torch
+from digit_chats import digit_chats
 from PIL import Image
 from sklearn.datasets import load_sample_images
 
@@ -68,22 +69,7 @@ def photos() -> list[Image.Image]:
 @pytest.fixture(scope="session")
 def digit_samples() -> list[dict]:
     """Chat samples on scikit-learn's real handwritten digits: "What digit is this?" -> "It is N."."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    samples = []
-    for pixels, label in zip(digits.images[:64], digits.target[:64], strict=True):
-        image = Image.fromarray((pixels * 255 / 16).astype("uint8")).resize((32, 32))
-        samples.append(
-            {
-                "messages": [
-                    {"role": "user", "content": "<image>\nWhat digit is this?"},
-                    {"role": "assistant", "content": f"It is {label}."},
-                ],
-                "images": [image],
-            }
-        )
-    return samples
+    return digit_chats(64)
 
 
 @pytest.fixture

@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 
 import torch
-from PIL import Image
-from sklearn.datasets import load_digits
+from digit_chats import digit_chats
 
 import visionbridge
 from visionbridge.modeling.tiny_components import build_tiny_components
@@ -22,17 +21,7 @@ def main(out: str) -> None:
     components = Path(out) / f"components-{rank}"  # each rank builds the same seeded components
     torch.manual_seed(0)
     model, processor = visionbridge.from_components(*build_tiny_components(components))
-    digits = load_digits()
-    samples = [
-        {
-            "messages": [
-                {"role": "user", "content": "<image>\nWhat digit is this?"},
-                {"role": "assistant", "content": f"It is {label}."},
-            ],
-            "images": [Image.fromarray((pixels * 255 / 16).astype("uint8")).resize((32, 32))],
-        }
-        for pixels, label in zip(digits.images[:32], digits.target[:32], strict=True)
-    ]
+    samples = digit_chats(32)
     args = VisionBridgeTrainingArguments(
         output_dir=str(Path(out) / "run"),
         per_device_train_batch_size=4,

@@ -12,8 +12,7 @@ import time
 from pathlib import Path
 
 import torch
-from PIL import Image
-from sklearn.datasets import load_digits
+from digit_chats import digit_chats
 from transformers import TrainerCallback
 
 import visionbridge
@@ -29,17 +28,7 @@ def main(vision: str, language: str, out: str, mode: str = "") -> None:
     torch.set_num_threads(2)
     torch.manual_seed(0)
     model, processor = visionbridge.from_components(vision, language)
-    digits = load_digits()
-    samples = [
-        {
-            "messages": [
-                {"role": "user", "content": "<image>\nWhat digit is this?"},
-                {"role": "assistant", "content": f"It is {label}."},
-            ],
-            "images": [Image.fromarray((pixels * 255 / 16).astype("uint8")).resize((32, 32))],
-        }
-        for pixels, label in zip(digits.images[:16], digits.target[:16], strict=True)
-    ]
+    samples = digit_chats(16)
     args = VisionBridgeTrainingArguments(
         output_dir=str(Path(out) / "run"),
         per_device_train_batch_size=2,
