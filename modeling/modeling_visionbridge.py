@@ -240,12 +240,21 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
             start = self._image_token_mask(input_ids, inputs_embeds, self.config.image_start_token_id)
             end = self._image_token_mask(input_ids, inputs_embeds, self.config.image_end_token_id)
             inputs_embeds = self.image_boundary(inputs_embeds, start, end)
+        rows = inputs_embeds.shape[:2]
+        one_row = False
         if attention_mask is None and position_ids is not None and past_key_values is None:
             # Packed samples are kept apart by their restarting position_ids only while no KV cache is being built.
             kwargs.setdefault("use_cache", False)
+            # Flash attention finds packed samples in a batch of one row only: lay the rows end to end. A row's
+            # padding continues its last sample's positions, so it stays behind that sample.
+            one_row = rows[0] > 1 and not logits_to_keep and self._attention_packs_one_row_only()
+        if one_row:
+            inputs_embeds = inputs_embeds.reshape(1, -1, inputs_embeds.shape[-1])  # [1, R * L, D_text]
+            position_ids = position_ids.reshape(1, -1)  # [1, R * L]
+            labels = None if labels is None else labels.reshape(1, -1)  # [1, R * L]
         if logits_to_keep and self._lm_keeps_logits:
             kwargs["logits_to_keep"] = logits_to_keep
-        return self.language_model(
+        outputs = self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -253,6 +262,12 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
             labels=labels,
             **kwargs,
         )
+        if one_row:
+            outputs.logits = outputs.logits.view(*rows, -1)  # [R, L, V]
+        return outputs
+
+    def _attention_packs_one_row_only(self) -> bool:
+        return self.language_model.config._attn_implementation.startswith("flash_attention")
 
     def _image_path_trains(self) -> bool:
         parts = (self.vision_tower, self.connector, self.image_boundary)

@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM, HfArgumentParser, MistralConfig, 
 
 from visionbridge import VisionBridgeTrainer, VisionBridgeTrainingArguments
 from visionbridge.trainer.collator import IGNORE_INDEX, VisionBridgeCollator
-from visionbridge.trainer.packing import PACKING_MODEL_TYPES, check_packing_support, per_sample_losses
+from visionbridge.trainer.packing import PACKING_MODEL_TYPES, assign_rows, check_packing_support, per_sample_losses
 
 
 def chat(*turns: str) -> list[dict]:
@@ -34,18 +34,18 @@ def _forward(model, batch: dict) -> torch.Tensor:
         return model(**batch).logits  # [B, T, V]
 
 
-@pytest.mark.parametrize("row_length", [None, 200])
+@pytest.mark.parametrize("row_length", [None, 200, 10_000])
 @pytest.mark.parametrize("language", ["llama", "qwen2"])
 def test_packed_and_padded_batches_give_the_same_per_sample_loss(make_model, samples, language, row_length):
     model, processor = make_model(language=language)
     padded = VisionBridgeCollator(processor)(samples)
     packed = VisionBridgeCollator(processor, packing=True, packing_row_length=row_length)(samples)
     lengths = padded["attention_mask"].sum(-1).tolist()
-    if row_length is None:
-        assert packed["input_ids"].shape == (1, sum(lengths))
-    else:  # lengths 104, 77, 145, 197: the first two share a row, the others get one each
-        assert lengths[0] + lengths[1] <= row_length < min(lengths[1] + lengths[2], lengths[2] + lengths[3])
-        assert packed["input_ids"].shape == (3, max(lengths[0] + lengths[1], *lengths[2:]))
+    rows = assign_rows(lengths, row_length)
+    # lengths about 104, 77, 145, 200: the two shortest share a row of the longest's length or of 200 tokens
+    assert lengths[0] + lengths[1] <= min(200, lengths[3]) < lengths[1] + lengths[2]
+    assert rows == ([[0, 1, 2, 3]] if row_length == 10_000 else [[0, 1], [2], [3]])
+    assert packed["input_ids"].shape == (len(rows), max(sum(lengths[i] for i in row) for row in rows))
     assert "attention_mask" not in packed and torch.equal(packed["pixel_values"], padded["pixel_values"])
 
     padded_losses = per_sample_losses(_forward(model, padded), padded["labels"])
@@ -56,9 +56,25 @@ def test_packed_and_padded_batches_give_the_same_per_sample_loss(make_model, sam
     torch.testing.assert_close(model(**packed).loss, model(**padded).loss, rtol=1e-5, atol=1e-5)
 
 
+def test_rows_are_filled_first_fit_decreasing_and_images_follow_their_samples(make_model, samples):
+    assert assign_rows([5, 9, 3, 4, 6]) == [[0, 3], [1], [2, 4]]  # 9 | 6+3 | 5+4, then back to sample order
+    assert assign_rows([5, 9, 3], row_length=4) == [[0], [1], [2]]
+    model, processor = make_model()
+    # no image, two images, one image, no image: the third sample joins the first's row, ahead of the second
+    batch = [samples[1], samples[2], samples[0], samples[3]]
+    padded = VisionBridgeCollator(processor)(batch)
+    packed = VisionBridgeCollator(processor, packing=True)(batch)
+    order = [i for row in assign_rows(padded["attention_mask"].sum(-1).tolist()) for i in row]
+    assert order == [0, 2, 1, 3]
+    assert torch.equal(packed["pixel_values"], padded["pixel_values"][[2, 0, 1]])
+    padded_losses = per_sample_losses(_forward(model, padded), padded["labels"])
+    packed_losses = per_sample_losses(_forward(model, packed), packed["labels"], packed["position_ids"])
+    torch.testing.assert_close(packed_losses, padded_losses[order], rtol=1e-5, atol=1e-5)
+
+
 def test_positions_restart_and_no_label_crosses_a_join(make_model, samples):
     processor = make_model()[1]
-    packed = VisionBridgeCollator(processor, packing=True)(samples)
+    packed = VisionBridgeCollator(processor, packing=True, packing_row_length=10_000)(samples)  # one row
     padded = VisionBridgeCollator(processor)(samples)
     lengths = padded["attention_mask"].sum(-1).tolist()
     starts = torch.tensor([0, *lengths[:-1]]).cumsum(0)
@@ -75,7 +91,7 @@ def test_positions_restart_and_no_label_crosses_a_join(make_model, samples):
 @pytest.mark.parametrize("language", ["llama", "qwen2"])
 def test_a_packed_sample_cannot_see_the_one_before(make_model, samples, language):
     model, processor = make_model(language=language)
-    packed = VisionBridgeCollator(processor, packing=True)(samples[:3])
+    packed = VisionBridgeCollator(processor, packing=True, packing_row_length=10_000)(samples[:3])  # one row
     first_end = int((packed["position_ids"][0] == 0).nonzero()[1])
     changed = {**packed, "input_ids": packed["input_ids"].clone()}
     text = changed["input_ids"][0, :first_end] != processor.image_token_id
@@ -136,12 +152,26 @@ def test_trainer_trains_with_packing(make_model, digit_samples, samples, tmp_pat
     assert all(torch.isfinite(torch.tensor(entry["loss"])) for entry in logged)
 
 
-def test_flash_attention_is_refused_with_several_rows(make_model):
-    language_model = make_model()[0].language_model
+def test_rows_are_laid_end_to_end_for_attention_that_reads_one_row_only(make_model, samples, monkeypatch):
+    """Flash attention finds packed samples in one row only; the model flattens the rows for it. Checked with
+    sdpa, which reads packing from the positions either way, so both layouts must give the same logits."""
+    model, processor = make_model()
+    packed = VisionBridgeCollator(processor, packing=True)(samples)
+    rows_logits = _forward(model, packed)
+    seen = []
+    model.language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["inputs_embeds"].shape[:2]), with_kwargs=True
+    )
+    monkeypatch.setattr(type(model), "_attention_packs_one_row_only", lambda self: True)
+    flat = model(**packed)
+    rows, length = packed["input_ids"].shape
+    assert rows == 3 and seen == [(1, rows * length)]
+    torch.testing.assert_close(flat.logits, rows_logits, rtol=1e-5, atol=1e-5)
+    monkeypatch.undo()
+    torch.testing.assert_close(flat.loss, model(**packed).loss, rtol=1e-5, atol=1e-5)
+    language_model = model.language_model
     language_model.config._attn_implementation = "flash_attention_2"
-    check_packing_support(language_model)  # one row: flash attention separates the samples
-    with pytest.raises(ValueError, match="finds packed samples only in a batch of one row"):
-        check_packing_support(language_model, row_length=64)
+    check_packing_support(language_model)
 
 
 def test_packing_is_refused_where_samples_could_see_each_other(make_model, tmp_path):

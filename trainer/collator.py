@@ -27,8 +27,8 @@ class VisionBridgeCollator:
 
     Returns input_ids, attention_mask and labels [B, T], right-padded, and pixel_values [N, 3, H, W] for the
     batch's images in reading order (absent when there are none). With `packing`, the samples are laid end to end
-    instead: input_ids, labels and position_ids [1, sum T] (or rows of about `packing_row_length`), no attention
-    mask and, in one row, no padding (see packing.py).
+    instead, in rows no longer than the longest sample (or `packing_row_length`): input_ids, labels and
+    position_ids [R, L], no attention mask, padding only at the end of a row (see packing.py).
     A sample longer than `model_max_length` is cut from the end when the cut falls after its last image
     placeholder, and dropped otherwise; `dropped_samples` adds up over calls. A sample that cannot be encoded
     raises, naming it; with `on_bad_sample="skip"` it is left out instead, and the batch says why under
@@ -83,7 +83,7 @@ class VisionBridgeCollator:
                 self.dropped_samples += 1
             else:
                 rows.append(kept)
-                pixel_values += [sample_pixels] if sample_pixels is not None else []
+                pixel_values.append(sample_pixels)
         if not rows:
             raise ValueError(
                 f"All {len(encoded)} samples of the batch left to train on were dropped for exceeding "
@@ -91,9 +91,11 @@ class VisionBridgeCollator:
             )
 
         if self.packing:
-            batch = pack(rows, self.packing_row_length, self.processor.tokenizer.pad_token_id)
+            batch, order = pack(rows, self.packing_row_length, self.processor.tokenizer.pad_token_id)
+            pixel_values = [pixel_values[i] for i in order]  # images follow their samples into the rows
         else:
             batch = self._pad(rows)
+        pixel_values = [pixels for pixels in pixel_values if pixels is not None]
         if pixel_values:
             batch["pixel_values"] = torch.cat(pixel_values)  # [N, 3, H, W]
         if skipped:

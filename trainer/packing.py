@@ -1,13 +1,13 @@
-"""Padding-free packing: a batch's samples laid end to end in a row, each attending only to itself.
+"""Padding-free packing: a batch's samples laid end to end in rows, each attending only to itself.
 
 transformers keeps packed samples apart through their restarting `position_ids` when no attention mask is given:
 sdpa, eager and flex attention build a block-diagonal causal mask from them (masking_utils), and flash attention
 turns them into `cu_seqlens` for its varlen kernel. Both need no attention mask, no KV cache being filled (the
 model turns the cache off for such a batch), and a language model that hands `position_ids` to its mask builder.
 
-One row per batch suits flash attention, which reads packing from the position ids of a single row only and then
-attends within each sample. Eager and sdpa attention mask a dense square over the whole row instead, whose cost
-grows with the square of the row; `row_length` bounds it by filling several rows (nanoVLM-style).
+Eager and sdpa attention mask a dense square over each row, whose cost grows with the square of the row's length,
+so rows are no longer than the batch's longest sample by default: never a larger square than padding would give,
+and fewer rows. Flash attention reads packing from a single row only; the model lays the rows end to end for it.
 """
 
 import torch
@@ -22,24 +22,35 @@ PACKING_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 PACKING_ATTENTION = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3")
 
 
-def pack(
-    rows: list[tuple[torch.Tensor, torch.Tensor]], row_length: int | None = None, pad_token_id: int = 0
-) -> dict[str, torch.Tensor]:
-    """(input_ids [T_i], labels [T_i]) per sample -> input_ids, labels and position_ids [R, L].
+def assign_rows(lengths: list[int], row_length: int | None = None) -> list[list[int]]:
+    """Sample indices per row: first-fit decreasing into rows of `row_length` tokens, or, without it, of the
+    longest sample's length. A sample longer than `row_length` gets a row of its own. Samples keep their order
+    within a row, and rows the order of their first sample."""
+    capacity = max(lengths) if row_length is None else row_length
+    rows, filled = [], []
+    for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        row = next((r for r, used in enumerate(filled) if used + lengths[index] <= capacity), None)
+        if row is None:
+            rows.append([])
+            filled.append(0)
+            row = len(rows) - 1
+        rows[row].append(index)
+        filled[row] += lengths[index]
+    return sorted(sorted(row) for row in rows)
 
-    Without `row_length`, one row holds every sample (R = 1, L = sum T_i). With it, samples fill rows in their
-    order, a new row starting where the next sample would pass `row_length` (a longer sample gets a row of its
-    own); rows are right-padded to the longest, the padding labelled IGNORE_INDEX and positioned after the row's
-    last sample, which it cannot affect. Each sample's first label is IGNORE_INDEX, so the last token of one
-    sample is never trained to predict the first token of the next.
+
+def pack(
+    samples: list[tuple[torch.Tensor, torch.Tensor]], row_length: int | None = None, pad_token_id: int = 0
+) -> tuple[dict[str, torch.Tensor], list[int]]:
+    """(input_ids [T_i], labels [T_i]) per sample -> input_ids, labels and position_ids [R, L], and the order in
+    which the samples now stand (row by row; images must follow it).
+
+    Rows come from `assign_rows` and are right-padded to the longest; the padding is labelled IGNORE_INDEX and
+    positioned after the row's last sample, which it cannot affect. Each sample's first label is IGNORE_INDEX, so
+    the last token of one sample is never trained to predict the first token of the next.
     """
-    groups = [[]]
-    for sample in rows:
-        filled = sum(len(ids) for ids, _ in groups[-1])
-        if groups[-1] and row_length is not None and filled + len(sample[0]) > row_length:
-            groups.append([])
-        groups[-1].append(sample)
-    width = max(sum(len(ids) for ids, _ in group) for group in groups)
+    groups = assign_rows([len(ids) for ids, _ in samples], row_length)
+    width = max(sum(len(samples[i][0]) for i in group) for group in groups)
     batch = {
         "input_ids": torch.full((len(groups), width), pad_token_id),  # [R, L]
         "labels": torch.full((len(groups), width), IGNORE_INDEX),  # [R, L]
@@ -47,26 +58,21 @@ def pack(
     }
     for row, group in enumerate(groups):
         start = 0
-        for ids, labels in group:
+        for ids, labels in (samples[i] for i in group):
             end = start + len(ids)
             batch["input_ids"][row, start:end] = ids
             batch["labels"][row, start + 1 : end] = labels[1:]
             batch["position_ids"][row, start:end] = torch.arange(len(ids))
             start = end
-        last_length = len(group[-1][0])
+        last_length = len(samples[group[-1]][0])
         batch["position_ids"][row, start:] = torch.arange(width - start) + last_length
-    return batch
+    return batch, [i for group in groups for i in group]
 
 
-def check_packing_support(language_model: nn.Module, row_length: int | None = None) -> None:
+def check_packing_support(language_model: nn.Module) -> None:
     """Raise unless `language_model` is known to keep packed samples apart in attention."""
     config = language_model.config
     model_type, attention = config.model_type, config._attn_implementation
-    if row_length is not None and attention.startswith("flash_attention"):
-        raise ValueError(
-            f"{attention} finds packed samples only in a batch of one row, and packing_row_length={row_length} "
-            "makes several: leave packing_row_length unset (one row suits flash attention best anyway)."
-        )
     if model_type not in PACKING_MODEL_TYPES:
         raise ValueError(
             "packing needs a language model whose attention mask follows position_ids "

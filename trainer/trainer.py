@@ -117,7 +117,7 @@ class VisionBridgeTrainer(StagedCheckpoints):
                 "set the same packing on both, or leave data_collator out."
             )
         if args.packing:
-            check_packing_support(unwrap(model).language_model, getattr(data_collator, "packing_row_length", None))
+            check_packing_support(unwrap(model).language_model)
         kwargs["train_dataset"] = _index_samples(dataset, data_collator, args.on_bad_sample)
         super().__init__(model=model, args=args, data_collator=data_collator, **kwargs)
         self.gradient_check = GradientCheck(enabled=not (self.is_deepspeed_enabled or self.is_fsdp_enabled))
