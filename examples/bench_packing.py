@@ -4,16 +4,16 @@
     python examples/bench_packing.py --size 100m      # ViT-B/16-shaped tower + 6-layer 768-wide LLaMA, minutes
 
 Both sides train the same model (LoRA on the LLM + connector, AdamW) on the same seeded samples in the same
-batches; only the collator's layout differs. Sample lengths are long-tailed like LLaVA-Instruct's: one image each,
-then mostly a single short exchange and sometimes many long turns. Each side runs in its own process; a step is
-forward + backward + optimizer, timed after warm-up, and its throughput counts the tokens of the samples only
-(padding excluded), so the two sides are credited the same tokens per batch. Components have random weights and
-are built locally (the tiny BPE tokenizer of modeling/tiny_components.py, about 400 tokens, in both sizes).
+batches; only the collator's layout differs. Sample lengths follow the mix LLaVA-1.5 fine-tunes on (665K samples,
+its paper's Table 7): 70% academic VQA, each image's short questions merged into one multi-turn chat; 24%
+LLaVA-Instruct, one image with a few long answers; 6% ShareGPT, text-only chats of long answers. Samples are cut
+at LLaVA's model_max_length, 2048. Each side runs in its own process; a step is forward + backward + optimizer,
+and throughput is the real tokens of the timed steps over their time (padding excluded), so both sides are
+credited the same tokens. Components have random weights and are built locally (bench_speed.build_components).
 """
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -22,79 +22,65 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_speed import build_components
 from PIL import Image
-from transformers import AutoModel, AutoModelForCausalLM, CLIPImageProcessor, CLIPVisionConfig, LlamaConfig
 from transformers.utils import is_flash_attn_2_available
 
 import visionbridge
 from visionbridge import VisionBridgeTrainingArguments
-from visionbridge.modeling.tiny_components import SPECIAL_TOKENS, build_tiny_components, train_tiny_tokenizer
 from visionbridge.trainer.collator import VisionBridgeCollator
 from visionbridge.trainer.lora import prepare_model
-from visionbridge.trainer.packing import per_sample_losses
+from visionbridge.trainer.packing import assign_rows, per_sample_losses
 
-# size: (samples per batch, warm-up steps, timed steps, image side, longest answer in words)
-SETTINGS = {"tiny": (8, 1, 4, 32, 120), "100m": (8, 1, 3, 224, 160)}
+# size: (samples per batch, warm-up steps, timed steps)
+SETTINGS = {"tiny": (8, 1, 3), "100m": (8, 1, 12)}
+MODEL_MAX_LENGTH = 2048
 WORDS = (
     "a the picture shows temple lake blue sky red flower green leaves sun digit number one two three four five six "
     "seven eight nine zero assistant helpful detailed polite answers questions human curious what is in this"
 ).split()
 GOAL = 1.5
-# Packed rows for eager/sdpa, whose mask is a dense square over a row; flash attention takes the batch as one row.
-ROW_LENGTH = 1024
 
 
-def build_100m_components(directory: Path) -> tuple[str, str]:
-    """A ViT-B/16-shaped CLIP vision tower (12 x 768, 224 px) and a 6-layer 768-wide LLaMA, random weights."""
-    torch.manual_seed(0)
-    vision_path, language_path = directory / "vit-b16", directory / "llama-6x768"
-    vision = CLIPVisionConfig(
-        hidden_size=768,
-        intermediate_size=3072,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        image_size=224,
-        patch_size=16,
-    )
-    AutoModel.from_config(vision).save_pretrained(vision_path)
-    CLIPImageProcessor(size={"shortest_edge": 224}, crop_size=224).save_pretrained(vision_path)
-    tokenizer = train_tiny_tokenizer()
-    ids = {f"{name}_id": tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS[name]) for name in ("bos_token", "eos_token")}
-    language = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=768,
-        intermediate_size=2048,
-        num_hidden_layers=6,
-        num_attention_heads=12,
-        max_position_embeddings=4096,
-        **ids,
-    )
-    AutoModelForCausalLM.from_config(language).save_pretrained(language_path)
-    tokenizer.save_pretrained(language_path)
-    return str(vision_path), str(language_path)
-
-
-def long_tailed_samples(count: int, image_side: int, longest_answer: int, seed: int = 0) -> list[dict]:
-    """Chats with one image each: turns ~ 1 + geometric (mean about 2), answer words ~ lognormal (median 12)."""
+def llava_mix_samples(count: int, image_side: int, seed: int = 0) -> list[dict]:
+    """Chats drawn from the three kinds of LLaVA-1.5's mix: (kind share, turns, question words, answer words)."""
     rng = np.random.default_rng(seed)
+
+    def words(count: float) -> str:
+        return " ".join(rng.choice(WORDS, max(1, int(count))))
+
     samples = []
     for _ in range(count):
+        kind = rng.random()
+        if kind < 0.70:  # VQAv2, GQA, OCR-VQA, ...: many short answers about one image
+            turns = [
+                (words(rng.integers(5, 14)), words(rng.integers(1, 4))) for _ in range(min(rng.geometric(0.25), 20))
+            ]
+        elif kind < 0.94:  # LLaVA-Instruct-158K: conversation, detailed description, complex reasoning
+            turns = [
+                (words(rng.integers(5, 20)), words(rng.lognormal(np.log(45), 0.6)))
+                for _ in range(min(rng.geometric(0.5), 8))
+            ]
+        else:  # ShareGPT: text-only, long
+            turns = [
+                (words(rng.lognormal(np.log(20), 0.9)), words(rng.lognormal(np.log(150), 0.7)))
+                for _ in range(min(rng.geometric(0.35), 8))
+            ]
+        has_image = kind < 0.94
         messages = []
-        for turn in range(min(rng.geometric(0.55), 10)):
-            question = " ".join(rng.choice(WORDS, rng.integers(4, 12)))
-            words = int(min(rng.lognormal(np.log(12), 1.0), longest_answer)) + 1
-            messages.append({"role": "user", "content": ("<image>\n" if turn == 0 else "") + question + "?"})
-            messages.append({"role": "assistant", "content": " ".join(rng.choice(WORDS, words))})
+        for turn, (question, answer) in enumerate(turns):
+            image = "<image>\n" if has_image and turn == 0 else ""
+            messages += [{"role": "user", "content": image + question + "?"}, {"role": "assistant", "content": answer}]
         pixels = rng.integers(0, 256, (image_side, image_side, 3), dtype=np.uint8)
-        samples.append({"messages": messages, "images": [Image.fromarray(pixels)]})
+        samples.append({"messages": messages, "images": [Image.fromarray(pixels)] if has_image else []})
     return samples
 
 
 def train_side(packing: bool, size: str, device: str, vision_path: str, language_path: str) -> dict:
-    """One side's run: per-step seconds and real tokens, and the first step's per-sample losses."""
-    batch_size, warmup, steps, image_side, longest_answer = SETTINGS[size]
+    """One side's run: per-step seconds and real tokens, and the first step's per-sample losses in sample order."""
+    batch_size, warmup, steps = SETTINGS[size]
     torch.manual_seed(0)
-    # Flash attention runs a packed row as separate sequences; sdpa masks a dense (sum T)^2 block-diagonal square.
+    # Flash attention runs packed samples as separate sequences; sdpa masks a dense square over each row.
     attention = "flash_attention_2" if device.startswith("cuda") and is_flash_attn_2_available() else "sdpa"
     dtype = torch.bfloat16 if attention == "flash_attention_2" else None
     model, processor = visionbridge.from_components(
@@ -104,16 +90,17 @@ def train_side(packing: bool, size: str, device: str, vision_path: str, language
         args = VisionBridgeTrainingArguments(output_dir=output_dir, stage="instruct", lora_dropout=0.0, report_to=[])
         model = prepare_model(model, args).to(device).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    row_length = ROW_LENGTH if packing and attention == "sdpa" else None
-    collator = VisionBridgeCollator(processor, packing=packing, packing_row_length=row_length)
-    samples = long_tailed_samples(batch_size * (warmup + steps), image_side, longest_answer)
+    padding = VisionBridgeCollator(processor, model_max_length=MODEL_MAX_LENGTH)
+    collator = VisionBridgeCollator(processor, model_max_length=MODEL_MAX_LENGTH, packing=packing)
+    image_side = model.config.vision_config.image_size
+    samples = llava_mix_samples(batch_size * (warmup + steps), image_side)
     chunks = [samples[i : i + batch_size] for i in range(0, len(samples), batch_size)]
     batches = [collator(chunk) for chunk in chunks]
-    # Both sides are credited the tokens of their samples, whatever padding their layout adds (rows end padded too).
-    real_tokens = [sum(len(collator.encode(s["messages"], len(s["images"]))[0]) for s in chunk) for chunk in chunks]
+    # Both sides are credited the tokens of their samples (after the cut), whatever padding their layout adds.
+    lengths = [padding(chunk)["attention_mask"].sum(-1).tolist() for chunk in chunks]
 
-    seconds, tokens, slots, first_losses = [], [], [], None
-    for batch, real in zip(batches, real_tokens, strict=True):
+    seconds, slots, first_losses = [], [], None
+    for batch in batches:
         batch = {key: value.to(device) for key, value in batch.items()}
         sync()
         start = time.perf_counter()
@@ -124,17 +111,19 @@ def train_side(packing: bool, size: str, device: str, vision_path: str, language
         optimizer.zero_grad(set_to_none=True)
         sync()
         seconds.append(time.perf_counter() - start)
-        tokens.append(real)
         slots.append(batch["input_ids"].numel())
         if first_losses is None:
             losses = per_sample_losses(outputs.logits.detach(), batch["labels"], batch.get("position_ids"))
-            first_losses = losses.tolist()
+            order = [i for row in assign_rows(lengths[0]) for i in row] if packing else range(len(lengths[0]))
+            first_losses = [0.0] * len(order)
+            for position, sample in enumerate(order):
+                first_losses[sample] = losses[position].item()
     return {
         "attention": attention,
-        "row_length": row_length,
         "seconds": seconds[warmup:],
-        "tokens": tokens[warmup:],
+        "tokens": [sum(batch_lengths) for batch_lengths in lengths[warmup:]],
         "slots": slots[warmup:],
+        "longest": [max(batch_lengths) for batch_lengths in lengths[warmup:]],
         "first_losses": first_losses,
     }
 
@@ -158,24 +147,22 @@ def run(size: str = "tiny", device: str = "cpu") -> list[dict]:
     if size not in SETTINGS:
         raise ValueError(f"size must be one of {', '.join(SETTINGS)}, got {size!r}.")
     with tempfile.TemporaryDirectory() as directory:
-        if size == "tiny":
-            paths = build_tiny_components(directory, "clip", "llama")
-        else:
-            paths = build_100m_components(Path(directory))
+        paths = build_components(Path(directory), size)
         padded = _side_in_subprocess("padded", size, device, *paths)
         packed = _side_in_subprocess("packed", size, device, *paths)
 
     def throughput(side: dict) -> float:
-        return statistics.median(n / s for n, s in zip(side["tokens"], side["seconds"], strict=True))
+        return sum(side["tokens"]) / sum(side["seconds"])
 
     ours, reference = throughput(packed), throughput(padded)
     ratio = ours / reference
     gap = max(abs(a - b) for a, b in zip(packed["first_losses"], padded["first_losses"], strict=True))
-    batch_size, warmup, steps = SETTINGS[size][:3]
+    batch_size, warmup, steps = SETTINGS[size]
+    padding_share = 1 - sum(padded["tokens"]) / sum(padded["slots"])
+    packed_padding = 1 - sum(packed["tokens"]) / sum(packed["slots"])
     setting = (
-        f"size={size}, device={device}, attention={packed['attention']}, packing_row_length="
-        f"{packed['row_length']}, {batch_size} samples/batch, "
-        f"median of {steps} steps after {warmup}"
+        f"size={size}, device={device}, attention={packed['attention']}, {batch_size} samples/batch, "
+        f"{steps} steps after {warmup}"
     )
     return [
         {
@@ -186,9 +173,10 @@ def run(size: str = "tiny", device: str = "cpu") -> list[dict]:
             "ratio": round(ratio, 3),
             "goal": f">= {GOAL}x",
             "met": ratio >= GOAL,
-            "note": f"{setting}; LoRA on the LLM + connector, fwd+bwd+AdamW; "
-            f"{statistics.mean(padded['tokens']):.0f} real tokens per batch on average, "
-            f"{1 - sum(padded['tokens']) / sum(padded['slots']):.0%} of the padded batches' tokens are padding",
+            "note": f"{setting}; LoRA on the LLM + connector, fwd+bwd+AdamW; LLaVA-1.5 mix of lengths, "
+            f"{sum(padded['tokens']) / steps:.0f} real tokens per batch on average, longest sample per batch "
+            f"{min(padded['longest'])}-{max(padded['longest'])}; padding is {padding_share:.0%} of the padded "
+            f"batches' tokens and {packed_padding:.0%} of the packed rows'",
         },
         {
             "section": "packing",

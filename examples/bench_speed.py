@@ -49,13 +49,11 @@ LORA_TARGETS = r".*language_model\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up
 SIDES = {"visionbridge": "connector", "llava": "multi_modal_projector"}  # side -> module trained fully
 
 
-def build(folder: Path, size: str) -> float:
-    """Write visionbridge/, llava/ and batch.safetensors under `folder`; returns the max |logit difference| of
-    the two models on the batch, checked here before any timing."""
+def build_components(folder: Path, size: str) -> tuple[str, str]:
+    """Write a random-weight CLIP vision tower to `folder`/vision and a LLaMA with the tiny BPE tokenizer to
+    `folder`/language, shaped as SIZES[size]; returns the two paths."""
     from transformers import AutoModel, AutoModelForCausalLM, CLIPImageProcessor, CLIPVisionConfig, LlamaConfig
 
-    import visionbridge
-    from visionbridge.modeling import to_llava
     from visionbridge.modeling.tiny_components import train_tiny_tokenizer
 
     spec = SIZES[size]
@@ -70,7 +68,16 @@ def build(folder: Path, size: str) -> float:
     text_config = LlamaConfig(vocab_size=len(tokenizer), **spec["text"], **ids)
     AutoModelForCausalLM.from_config(text_config).save_pretrained(folder / "language")
     tokenizer.save_pretrained(folder / "language")
-    model, _ = visionbridge.from_components(str(folder / "vision"), str(folder / "language"))
+    return str(folder / "vision"), str(folder / "language")
+
+
+def build(folder: Path, size: str) -> float:
+    """Write visionbridge/, llava/ and batch.safetensors under `folder`; returns the max |logit difference| of
+    the two models on the batch, checked here before any timing."""
+    import visionbridge
+    from visionbridge.modeling import to_llava
+
+    model, _ = visionbridge.from_components(*build_components(folder, size))
     model.eval().save_pretrained(folder / "visionbridge")
     llava = to_llava(model)
     llava.save_pretrained(folder / "llava")
