@@ -10,7 +10,6 @@ from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 from .configuration import CONNECTOR_NAMES, VisionBridgeConfig
 from .modeling import VisionBridgeForConditionalGeneration, from_blip2, from_components, from_llava, load_mm_projector
 from .processing import VisionBridgeProcessor, draw_boxes, parse_boxes
-from .trainer import VisionBridgeTrainer, VisionBridgeTrainingArguments, load_training_data
 
 AutoConfig.register(VisionBridgeConfig.model_type, VisionBridgeConfig, exist_ok=True)
 AutoModelForImageTextToText.register(VisionBridgeConfig, VisionBridgeForConditionalGeneration, exist_ok=True)
@@ -21,6 +20,18 @@ if hasattr(transformers, "AutoModelForVision2Seq"):  # removed in transformers 5
 AutoProcessor.register(VisionBridgeConfig, VisionBridgeProcessor, exist_ok=True)
 
 __version__ = "0.1.0"
+# The training stack (Trainer, datasets, peft) loads on first use, so that inference imports only the model.
+_TRAINING_NAMES = ("VisionBridgeTrainer", "VisionBridgeTrainingArguments", "load_training_data")
+
+
+def __getattr__(name: str):
+    if name in _TRAINING_NAMES:
+        from . import trainer
+
+        return getattr(trainer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "CONNECTOR_NAMES",
     "VisionBridgeConfig",

@@ -47,7 +47,7 @@ SIZES = {
         "warmup": 1,
         "steps": 3,
         "generations": 2,
-        "rounds": 2,
+        "rounds": 3,
     },
 }
 BATCH, TEXT_TOKENS, NEW_TOKENS, SEED = 8, 32, 64, 0
