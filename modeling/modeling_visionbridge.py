@@ -240,14 +240,14 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
             start = self._image_token_mask(input_ids, inputs_embeds, self.config.image_start_token_id)
             end = self._image_token_mask(input_ids, inputs_embeds, self.config.image_end_token_id)
             inputs_embeds = self.image_boundary(inputs_embeds, start, end)
-        rows = inputs_embeds.shape[:2]
+        packed_shape = inputs_embeds.shape[:2]  # [R, L] when the batch is packed
         one_row = False
         if attention_mask is None and position_ids is not None and past_key_values is None:
             # Packed samples are kept apart by their restarting position_ids only while no KV cache is being built.
             kwargs.setdefault("use_cache", False)
             # Flash attention finds packed samples in a batch of one row only: lay the rows end to end. A row's
             # padding continues its last sample's positions, so it stays behind that sample.
-            one_row = rows[0] > 1 and not logits_to_keep and self._attention_packs_one_row_only()
+            one_row = packed_shape[0] > 1 and not logits_to_keep and self._attention_packs_one_row_only()
         if one_row:
             inputs_embeds = inputs_embeds.reshape(1, -1, inputs_embeds.shape[-1])  # [1, R * L, D_text]
             position_ids = position_ids.reshape(1, -1)  # [1, R * L]
@@ -263,7 +263,7 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
             **kwargs,
         )
         if one_row:
-            outputs.logits = outputs.logits.view(*rows, -1)  # [R, L, V]
+            outputs.logits = outputs.logits.view(*packed_shape, -1)  # [R, L, V]
         return outputs
 
     def _attention_packs_one_row_only(self) -> bool:
