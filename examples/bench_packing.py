@@ -4,12 +4,13 @@
     python examples/bench_packing.py --size 100m      # ViT-B/16-shaped tower + 6-layer 768-wide LLaMA, minutes
 
 Both sides train the same model (LoRA on the LLM + connector, AdamW) on the same seeded samples in the same
-batches; only the collator's layout differs. Sample lengths follow the mix LLaVA-1.5 fine-tunes on (665K samples,
-its paper's Table 7): 70% academic VQA, each image's short questions merged into one multi-turn chat; 24%
-LLaVA-Instruct, one image with a few long answers; 6% ShareGPT, text-only chats of long answers. Samples are cut
-at LLaVA's model_max_length, 2048. Each side runs in its own process; a step is forward + backward + optimizer,
-and throughput is the real tokens of the timed steps over their time (padding excluded), so both sides are
-credited the same tokens. Components have random weights and are built locally (bench_speed.build_components).
+batches; only the collator's layout differs. Sample lengths follow the mix LLaVA-1.5 fine-tunes on (665K
+samples, as listed in "Improved Baselines with Visual Instruction Tuning"): 70% academic VQA, each image's short
+questions merged into one multi-turn chat; 24% LLaVA-Instruct, one image with a few long answers; 6% ShareGPT,
+text-only chats of long answers. Samples are cut at LLaVA's model_max_length, 2048. Each side runs in its own
+process; a step is forward + backward + optimizer, and throughput is the real tokens of the timed steps over
+their time (padding excluded), so both sides are credited the same tokens. Components have random weights and
+are built locally (bench_speed.build_components).
 """
 
 import argparse
@@ -43,11 +44,12 @@ GOAL = 1.5
 
 
 def llava_mix_samples(count: int, image_side: int, seed: int = 0) -> list[dict]:
-    """Chats drawn from the three kinds of LLaVA-1.5's mix: (kind share, turns, question words, answer words)."""
+    """`count` chats from LLaVA-1.5's three kinds of samples, each with its share, its number of turns (geometric)
+    and its question and answer lengths in words (uniform or lognormal); random pixels for the image samples."""
     rng = np.random.default_rng(seed)
 
-    def words(count: float) -> str:
-        return " ".join(rng.choice(WORDS, max(1, int(count))))
+    def words(number: float) -> str:
+        return " ".join(rng.choice(WORDS, max(1, int(number))))
 
     samples = []
     for _ in range(count):
