@@ -4,12 +4,17 @@ Importing the package registers its classes with the transformers Auto classes, 
 needed where visionbridge is not installed.
 """
 
+from typing import TYPE_CHECKING
+
 import transformers
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
 from .configuration import CONNECTOR_NAMES, VisionBridgeConfig
 from .modeling import VisionBridgeForConditionalGeneration, from_blip2, from_components, from_llava, load_mm_projector
 from .processing import VisionBridgeProcessor, draw_boxes, parse_boxes
+
+if TYPE_CHECKING:
+    from .trainer import VisionBridgeTrainer, VisionBridgeTrainingArguments, load_training_data
 
 AutoConfig.register(VisionBridgeConfig.model_type, VisionBridgeConfig, exist_ok=True)
 AutoModelForImageTextToText.register(VisionBridgeConfig, VisionBridgeForConditionalGeneration, exist_ok=True)
@@ -30,6 +35,10 @@ def __getattr__(name: str):
 
         return getattr(trainer, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_TRAINING_NAMES))
 
 
 __all__ = [

@@ -4,10 +4,11 @@
     python examples/bench_packing.py --size 100m      # ViT-B/16-shaped tower + 6-layer 768-wide LLaMA, minutes
 
 Both sides train the same model (LoRA on the LLM + connector, AdamW) on the same seeded samples in the same
-batches; only the collator's layout differs. Sample lengths follow the mix LLaVA-1.5 fine-tunes on (665K
-samples, as listed in "Improved Baselines with Visual Instruction Tuning"): 70% academic VQA, each image's short
-questions merged into one multi-turn chat; 24% LLaVA-Instruct, one image with a few long answers; 6% ShareGPT,
-text-only chats of long answers. Samples are cut at LLaVA's model_max_length, 2048. Each side runs in its own
+batches; only the collator's layout differs. The samples are synthetic chats in the shares of the mix LLaVA-1.5
+fine-tunes on (665K samples, as listed in "Improved Baselines with Visual Instruction Tuning"): 70% academic VQA,
+each image's short questions merged into one multi-turn chat; 24% LLaVA-Instruct, one image with a few long
+answers; 6% ShareGPT, text-only chats of long answers. Turn counts and lengths are drawn, not taken from the data;
+samples are cut at LLaVA's model_max_length, 2048. Each side runs in its own
 process; a step is forward + backward + optimizer, and throughput is the real tokens of the timed steps over
 their time (padding excluded), so both sides are credited the same tokens. Components have random weights and
 are built locally (bench_speed.build_components).
@@ -178,7 +179,7 @@ def run(size: str = "tiny", device: str = "cpu") -> list[dict]:
             "ratio": round(ratio, 3),
             "goal": f">= {GOAL}x",
             "met": ratio >= GOAL,
-            "note": f"{setting}; LoRA on the LLM + connector, fwd+bwd+AdamW; LLaVA-1.5 mix of lengths, "
+            "note": f"{setting}; LoRA on the LLM + connector, fwd+bwd+AdamW; synthetic chats in LLaVA-1.5's shares, "
             f"{sum(padded['tokens']) / steps:.0f} real tokens per batch on average, longest sample per batch "
             f"{min(padded['longest'])}-{max(padded['longest'])}; padding is {padding_share:.0%} of the padded "
             f"batches' tokens and {packed_padding:.0%} of the packed rows'",
@@ -198,7 +199,7 @@ def run(size: str = "tiny", device: str = "cpu") -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="tiny", choices=list(SETTINGS))
+    parser.add_argument("--size", default="tiny", choices=[*SETTINGS, "all"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--side", choices=["padded", "packed"], help=argparse.SUPPRESS)
     parser.add_argument("--vision", help=argparse.SUPPRESS)

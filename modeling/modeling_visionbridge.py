@@ -247,7 +247,13 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
             kwargs.setdefault("use_cache", False)
             # Flash attention finds packed samples in a batch of one row only: lay the rows end to end. A row's
             # padding continues its last sample's positions, so it stays behind that sample.
-            one_row = packed_shape[0] > 1 and not logits_to_keep and self._attention_packs_one_row_only()
+            one_row = packed_shape[0] > 1 and position_ids.shape == packed_shape
+            one_row = one_row and self._attention_packs_one_row_only()
+            if one_row and logits_to_keep:
+                raise ValueError(
+                    f"Packed rows under {self.language_model.config._attn_implementation} are laid end to end, "
+                    "where logits_to_keep would keep the last row's logits only; pack one row or drop it."
+                )
         if one_row:
             inputs_embeds = inputs_embeds.reshape(1, -1, inputs_embeds.shape[-1])  # [1, R * L, D_text]
             position_ids = position_ids.reshape(1, -1)  # [1, R * L]
@@ -262,7 +268,7 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
             labels=labels,
             **kwargs,
         )
-        if one_row:
+        if one_row and getattr(outputs, "logits", None) is not None:
             outputs.logits = outputs.logits.view(*packed_shape, -1)  # [R, L, V]
         return outputs
 

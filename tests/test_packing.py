@@ -1,5 +1,7 @@
 """Padding-free packing: packed and padded batches of the same samples train on the same per-sample losses."""
 
+import sys
+
 import pytest
 import torch
 from test_trainer import _args
@@ -7,7 +9,13 @@ from transformers import AutoModelForCausalLM, HfArgumentParser, MistralConfig, 
 
 from visionbridge import VisionBridgeTrainer, VisionBridgeTrainingArguments
 from visionbridge.trainer.collator import IGNORE_INDEX, VisionBridgeCollator
-from visionbridge.trainer.packing import PACKING_MODEL_TYPES, assign_rows, check_packing_support, per_sample_losses
+from visionbridge.trainer.packing import (
+    PACKING_MODEL_TYPES,
+    assign_rows,
+    check_packing_support,
+    per_sample_losses,
+    row_length_for,
+)
 
 
 def chat(*turns: str) -> list[dict]:
@@ -167,11 +175,17 @@ def test_rows_are_laid_end_to_end_for_attention_that_reads_one_row_only(make_mod
     rows, length = packed["input_ids"].shape
     assert rows == 3 and seen == [(1, rows * length)]
     torch.testing.assert_close(flat.logits, rows_logits, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="logits_to_keep would keep the last row's logits only"):
+        model(**packed, logits_to_keep=1)
     monkeypatch.undo()
     torch.testing.assert_close(flat.loss, model(**packed).loss, rtol=1e-5, atol=1e-5)
+
+    # The trainer packs one row, without row padding, for flash attention unless a row length is asked for.
     language_model = model.language_model
+    assert row_length_for(language_model, None) is None and row_length_for(language_model, 64) == 64
     language_model.config._attn_implementation = "flash_attention_2"
     check_packing_support(language_model)
+    assert row_length_for(language_model, None) == sys.maxsize and row_length_for(language_model, 64) == 64
 
 
 def test_packing_is_refused_where_samples_could_see_each_other(make_model, tmp_path):

@@ -7,8 +7,11 @@ model turns the cache off for such a batch), and a language model that hands `po
 
 Eager and sdpa attention mask a dense square over each row, whose cost grows with the square of the row's length,
 so rows are no longer than the batch's longest sample by default: never a larger square than padding would give,
-and fewer rows. Flash attention reads packing from a single row only; the model lays the rows end to end for it.
+and fewer rows. Flash attention reads packing from a single row only: the trainer packs one row for it, and the
+model lays any rows end to end for it.
 """
+
+import sys
 
 import torch
 import transformers
@@ -67,6 +70,15 @@ def pack(
         last_length = len(samples[group[-1]][0])
         batch["position_ids"][row, start:] = torch.arange(width - start) + last_length
     return batch, [i for group in groups for i in group]
+
+
+def row_length_for(language_model: nn.Module, row_length: int | None) -> int | None:
+    """The row length to pack with: the one asked for, else one row for flash attention (whose cost does not
+    grow with the square of a row, and which reads packing from one row only: no row padding at all), else None
+    (rows of the batch's longest sample)."""
+    if row_length is None and language_model.config._attn_implementation.startswith("flash_attention"):
+        return sys.maxsize
+    return row_length
 
 
 def check_packing_support(language_model: nn.Module) -> None:

@@ -23,7 +23,7 @@ from .collator import VisionBridgeCollator
 from .data import VisionBridgeDataset
 from .lora import part_of, prepare_model, unwrap
 from .model_card import render_model_card
-from .packing import check_packing_support
+from .packing import check_packing_support, row_length_for
 
 logger = logging.get_logger(__name__)
 
@@ -109,7 +109,7 @@ class VisionBridgeTrainer(StagedCheckpoints):
                 model_max_length=max_length,
                 on_bad_sample=args.on_bad_sample,
                 packing=args.packing,
-                packing_row_length=args.packing_row_length,
+                packing_row_length=row_length_for(unwrap(model).language_model, args.packing_row_length),
             )
         if args.packing != getattr(data_collator, "packing", False):
             raise ValueError(
