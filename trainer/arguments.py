@@ -67,16 +67,16 @@ class VisionBridgeTrainingArguments(TrainingArguments):
     packing: bool = field(
         default=False,
         metadata={
-            "help": "Lay each batch's samples end to end in rows no longer than its longest sample, padding only at "
-            "the end of a row; attention stays within each sample (LLaMA, Mistral, Qwen2, Qwen3 language models; "
-            "eager, sdpa, flex or flash attention)."
+            "help": "Lay each batch's samples end to end in rows no longer than its longest sample (one unpadded row "
+            "under flash attention), padding only at the end of a row; attention stays within each sample (LLaMA, "
+            "Mistral, Qwen2, Qwen3 language models; eager, sdpa, flex or flash attention)."
         },
     )
     packing_row_length: int | None = field(
         default=None,
         metadata={
-            "help": "With packing, rows of up to this many tokens instead of the batch's longest sample (eager and "
-            "sdpa attention cost the square of a row's length; flash attention takes the rows as one)."
+            "help": "With packing, rows of up to this many tokens instead of the default (eager and sdpa attention "
+            "cost the square of a row's length; under flash attention the model lays the rows end to end)."
         },
     )
     remove_unused_columns: bool = field(
