@@ -110,18 +110,23 @@ def test_a_second_save_into_a_folder_replaces_the_weights(make_model, tmp_path):
     assert torch.equal(loaded.connector[0].weight, model.connector[0].weight)
 
 
-def test_an_interrupted_checkpoint_is_never_resumed_from(make_model, digit_samples, tmp_path, monkeypatch):
-    model, processor = make_model()
-    args = VisionBridgeTrainingArguments(
+def _checkpointing_args(tmp_path: Path, max_steps: int) -> VisionBridgeTrainingArguments:
+    """Batches of 4, a checkpoint every 2 steps under tmp_path/run."""
+    return VisionBridgeTrainingArguments(
         output_dir=str(tmp_path / "run"),
         per_device_train_batch_size=4,
-        max_steps=4,
+        max_steps=max_steps,
         save_strategy="steps",
         save_steps=2,
         report_to=[],
         use_cpu=True,
         disable_tqdm=True,
     )
+
+
+def test_an_interrupted_checkpoint_is_never_resumed_from(make_model, digit_samples, tmp_path, monkeypatch):
+    model, processor = make_model()
+    args = _checkpointing_args(tmp_path, max_steps=4)
     trainer = VisionBridgeTrainer(model=model, args=args, train_dataset=digit_samples[:16], processing_class=processor)
     save_rng_state = Trainer._save_rng_state
 
@@ -160,16 +165,7 @@ def test_saved_folders_hold_no_pickle_but_the_trainers_resume_state(make_model, 
     model, processor = make_model()
     model.save_pretrained(tmp_path / "model")
     processor.save_pretrained(tmp_path / "model")
-    args = VisionBridgeTrainingArguments(
-        output_dir=str(tmp_path / "run"),
-        per_device_train_batch_size=4,
-        max_steps=2,
-        save_strategy="steps",
-        save_steps=2,
-        report_to=[],
-        use_cpu=True,
-        disable_tqdm=True,
-    )
+    args = _checkpointing_args(tmp_path, max_steps=2)
     trainer = VisionBridgeTrainer(model=model, args=args, train_dataset=digit_samples[:8], processing_class=processor)
     trainer.train()
     trainer.save_model(str(tmp_path / "adapter"))
