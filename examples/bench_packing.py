@@ -8,20 +8,20 @@ batches; only the collator's layout differs. The samples are synthetic chats in 
 fine-tunes on (665K samples, as listed in "Improved Baselines with Visual Instruction Tuning"): 70% academic VQA,
 each image's short questions merged into one multi-turn chat; 24% LLaVA-Instruct, one image with a few long
 answers; 6% ShareGPT, text-only chats of long answers. Turn counts and lengths are drawn, not taken from the data;
-samples are cut at LLaVA's model_max_length, 2048. Each side runs in its own
-process; a step is forward + backward + optimizer, and throughput is the real tokens of the timed steps over
-their time (padding excluded), so both sides are credited the same tokens. Components have random weights and
-are built locally (bench_speed.build_components).
+samples are cut at LLaVA's model_max_length, 2048. Each layout runs in its own process, the two taking turns a
+step at a time (lockstep.py); a step is forward + backward + optimizer, and throughput is the real tokens of the
+timed steps over their time (padding excluded), so both sides are credited the same tokens. Components have random
+weights and are built locally (bench_speed.build_components).
 """
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import lockstep
 import numpy as np
 import torch
 from bench_speed import build_components
@@ -42,6 +42,7 @@ WORDS = (
     "seven eight nine zero assistant helpful detailed polite answers questions human curious what is in this"
 ).split()
 GOAL = 1.5
+LAYOUTS = ("padded", "packed")  # reference, ours
 
 
 def llava_mix_samples(count: int, image_side: int, seed: int = 0) -> list[dict]:
@@ -79,56 +80,70 @@ def llava_mix_samples(count: int, image_side: int, seed: int = 0) -> list[dict]:
     return samples
 
 
-def train_side(packing: bool, size: str, device: str, vision_path: str, language_path: str) -> dict:
-    """One side's run: per-step seconds and real tokens, and the first step's per-sample losses in sample order."""
-    batch_size, warmup, steps = SETTINGS[size]
-    torch.manual_seed(0)
-    # Flash attention runs packed samples as separate sequences; sdpa masks a dense square over each row.
-    attention = "flash_attention_2" if device.startswith("cuda") and is_flash_attn_2_available() else "sdpa"
-    dtype = torch.bfloat16 if attention == "flash_attention_2" else None
-    model, processor = visionbridge.from_components(
-        vision_path, language_path, attn_implementation=attention, dtype=dtype
-    )
-    with tempfile.TemporaryDirectory() as output_dir:
-        args = VisionBridgeTrainingArguments(output_dir=output_dir, stage="instruct", lora_dropout=0.0, report_to=[])
-        model = prepare_model(model, args).to(device).train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    padding = VisionBridgeCollator(processor, model_max_length=MODEL_MAX_LENGTH)
-    collator = VisionBridgeCollator(processor, model_max_length=MODEL_MAX_LENGTH, packing=packing)
-    image_side = model.config.vision_config.image_size
-    samples = llava_mix_samples(batch_size * (warmup + steps), image_side)
-    chunks = [samples[i : i + batch_size] for i in range(0, len(samples), batch_size)]
-    batches = [collator(chunk) for chunk in chunks]
-    # Both sides are credited the tokens of their samples (after the cut), whatever padding their layout adds.
-    lengths = [padding(chunk)["attention_mask"].sum(-1).tolist() for chunk in chunks]
+class Layout:
+    """One layout's process (see lockstep.py): builds the model and its batches, then answers `losses` (the first
+    batch's per-sample losses in sample order, before any step) and `step` (trains on the next batch)."""
 
-    seconds, slots, first_losses = [], [], None
-    for batch in batches:
-        batch = {key: value.to(device) for key, value in batch.items()}
+    def __init__(self, packing: bool, size: str, device: str, vision_path: str, language_path: str):
+        batch_size, warmup, steps = SETTINGS[size]
+        torch.manual_seed(0)
+        # Flash attention runs packed samples as separate sequences; sdpa masks a dense square over each row.
+        self.attention = "flash_attention_2" if device.startswith("cuda") and is_flash_attn_2_available() else "sdpa"
+        dtype = torch.bfloat16 if self.attention == "flash_attention_2" else None
+        model, processor = visionbridge.from_components(
+            vision_path, language_path, attn_implementation=self.attention, dtype=dtype
+        )
+        with tempfile.TemporaryDirectory() as output_dir:
+            args = VisionBridgeTrainingArguments(
+                output_dir=output_dir, stage="instruct", lora_dropout=0.0, report_to=[]
+            )
+            self.model = prepare_model(model, args).to(device).train()
+        self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=1e-4)
+        padding = VisionBridgeCollator(processor, model_max_length=MODEL_MAX_LENGTH)
+        collator = VisionBridgeCollator(processor, model_max_length=MODEL_MAX_LENGTH, packing=packing)
+        samples = llava_mix_samples(batch_size * (warmup + steps), self.model.config.vision_config.image_size)
+        chunks = [samples[i : i + batch_size] for i in range(0, len(samples), batch_size)]
+        self.batches = [collator(chunk) for chunk in chunks]
+        # Both sides are credited the tokens of their samples (after the cut), whatever padding their layout adds.
+        self.lengths = [padding(chunk)["attention_mask"].sum(-1).tolist() for chunk in chunks]
+        self.packing, self.device, self.done = packing, device, 0
+
+    def __call__(self, request: dict) -> dict:
+        return self.losses() if request["do"] == "losses" else self.step()
+
+    def _forward(self, batch: dict):
+        with torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16, enabled=self.device != "cpu"):
+            return self.model(**batch)
+
+    def losses(self) -> dict:
+        batch = {key: value.to(self.device) for key, value in self.batches[0].items()}
+        with torch.no_grad():
+            logits = self._forward(batch).logits
+        losses = per_sample_losses(logits, batch["labels"], batch.get("position_ids"))
+        lengths = self.lengths[0]
+        order = [i for row in assign_rows(lengths) for i in row] if self.packing else range(len(lengths))
+        in_sample_order = [0.0] * len(order)
+        for position, sample in enumerate(order):
+            in_sample_order[sample] = losses[position].item()
+        return {"losses": in_sample_order, "attention": self.attention}
+
+    def step(self) -> dict:
+        batch = {key: value.to(self.device) for key, value in self.batches[self.done].items()}
+        lengths = self.lengths[self.done]
+        self.done += 1
         sync()
         start = time.perf_counter()
-        with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=device != "cpu"):
-            outputs = model(**batch)
-        outputs.loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        self._forward(batch).loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
         sync()
-        seconds.append(time.perf_counter() - start)
-        slots.append(batch["input_ids"].numel())
-        if first_losses is None:
-            losses = per_sample_losses(outputs.logits.detach(), batch["labels"], batch.get("position_ids"))
-            order = [i for row in assign_rows(lengths[0]) for i in row] if packing else range(len(lengths[0]))
-            first_losses = [0.0] * len(order)
-            for position, sample in enumerate(order):
-                first_losses[sample] = losses[position].item()
-    return {
-        "attention": attention,
-        "seconds": seconds[warmup:],
-        "tokens": [sum(batch_lengths) for batch_lengths in lengths[warmup:]],
-        "slots": slots[warmup:],
-        "longest": [max(batch_lengths) for batch_lengths in lengths[warmup:]],
-        "first_losses": first_losses,
-    }
+        seconds = time.perf_counter() - start
+        return {
+            "seconds": seconds,
+            "tokens": sum(lengths),
+            "slots": batch["input_ids"].numel(),
+            "longest": max(lengths),
+        }
 
 
 def sync() -> None:
@@ -136,13 +151,13 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def _side_in_subprocess(side: str, size: str, device: str, vision_path: str, language_path: str) -> dict:
-    command = [sys.executable, __file__, "--side", side, "--size", size, "--device", device]
-    command += ["--vision", vision_path, "--language", language_path]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"The {side} side failed:\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def _sides(folder: Path, size: str, device: str, vision_path: str, language_path: str) -> list[lockstep.Side]:
+    sides = []
+    for layout in LAYOUTS:
+        command = [sys.executable, __file__, "--side", layout, "--size", size, "--device", device]
+        command += ["--vision", vision_path, "--language", language_path]
+        sides.append(lockstep.Side(layout, command, folder / f"{layout}.log"))
+    return sides
 
 
 def run(size: str = "tiny", device: str = "cpu") -> list[dict]:
@@ -152,22 +167,25 @@ def run(size: str = "tiny", device: str = "cpu") -> list[dict]:
         return [row for name in SETTINGS for row in run(name, device)]
     if size not in SETTINGS:
         raise ValueError(f"size must be one of {', '.join(SETTINGS)} or all, got {size!r}.")
+    batch_size, warmup, steps = SETTINGS[size]
     with tempfile.TemporaryDirectory() as directory:
         paths = build_components(Path(directory), size)
-        padded = _side_in_subprocess("padded", size, device, *paths)
-        packed = _side_in_subprocess("packed", size, device, *paths)
+        with lockstep.running(_sides(Path(directory), size, device, *paths)) as sides:
+            first = {side.name: side.ask({"do": "losses"}) for side in sides}
+            timed = lockstep.alternate(sides, {"do": "step"}, warmup, steps)
+    # Per layout, each reply field as a list over the timed steps.
+    padded, packed = ({key: [reply[key] for reply in timed[name]] for key in timed[name][0]} for name in LAYOUTS)
 
     def throughput(side: dict) -> float:
         return sum(side["tokens"]) / sum(side["seconds"])
 
     ours, reference = throughput(packed), throughput(padded)
     ratio = ours / reference
-    gap = max(abs(a - b) for a, b in zip(packed["first_losses"], padded["first_losses"], strict=True))
-    batch_size, warmup, steps = SETTINGS[size]
+    gap = max(abs(a - b) for a, b in zip(first["packed"]["losses"], first["padded"]["losses"], strict=True))
     padding_share = 1 - sum(padded["tokens"]) / sum(padded["slots"])
     packed_padding = 1 - sum(packed["tokens"]) / sum(packed["slots"])
     setting = (
-        f"size={size}, device={device}, attention={packed['attention']}, {batch_size} samples/batch, "
+        f"size={size}, device={device}, attention={first['packed']['attention']}, {batch_size} samples/batch, "
         f"{steps} steps after {warmup}"
     )
     return [
@@ -192,7 +210,8 @@ def run(size: str = "tiny", device: str = "cpu") -> list[dict]:
             "ratio": None,
             "goal": "float noise (< 1e-3 on CPU fp32)",
             "met": gap < 1e-3 if device == "cpu" else None,
-            "note": f"{len(packed['first_losses'])} samples; same weights, same batch, loss from each layout's logits",
+            "note": f"{len(first['packed']['losses'])} samples; same weights, same batch, loss from each layout's "
+            "logits before any step",
         },
     ]
 
@@ -201,13 +220,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="tiny", choices=[*SETTINGS, "all"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--side", choices=["padded", "packed"], help=argparse.SUPPRESS)
+    parser.add_argument("--side", choices=LAYOUTS, help=argparse.SUPPRESS)
     parser.add_argument("--vision", help=argparse.SUPPRESS)
     parser.add_argument("--language", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
-        result = train_side(args.side == "packed", args.size, args.device, args.vision, args.language)
-        print(json.dumps(result))
+        lockstep.serve(Layout(args.side == "packed", args.size, args.device, args.vision, args.language))
         return
     for row in run(args.size, args.device):
         print(json.dumps(row))

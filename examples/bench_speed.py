@@ -3,12 +3,13 @@
 One VisionBridge model (CLIP-shaped tower, mlp2x_gelu connector, LLaMA-shaped LM, random weights) is written to
 disk and converted to a Llava with every weight copied (`to_llava`); the two must give the same logits on the
 benchmark batch before anything is timed. Each side then runs in its own process on the same batch, with the same
-seed, thread count and peft LoRA (on the LLM's linear layers; connector / projector trained fully):
-a training step (forward + backward + AdamW), greedy generation of 64 new tokens with the KV cache (batch 1
-and 8), and the process's peak memory. On CPU, memory is measured in a second process per side that does the
-same work once, with glibc handing blocks of 64 KiB and more back to the system when freed
+seed, thread count and peft LoRA (on the LLM's linear layers; connector / projector trained fully): greedy
+generation of 64 new tokens with the KV cache (batch 1 and 8), a training step (forward + backward + AdamW), and
+the process's peak memory. The two processes are loaded side by side and take turns, one timed unit at a time
+(lockstep.py), so that the machine's drift falls on both. On CPU, memory is measured in a further process per side
+that does the same work once, alone, with glibc handing blocks of 64 KiB and more back to the system when freed
 (MALLOC_MMAP_THRESHOLD_): peak RSS then follows the live tensors, not what the allocator happens to keep cached
-(without it the same run's peak moves by 10% from run to run), and the timed process keeps the default allocator.
+(without it the same run's peak moves by 10% from run to run); the timed processes keep the default allocator.
 
     python examples/bench_speed.py --size tiny
 """
@@ -18,13 +19,13 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from lockstep import Side, alternate, running, serve
 from safetensors.torch import load_file, save_file
 
 # Encoder and LM shapes; "100m" is a ViT-B/16 tower (86M) and a 6-layer, 768-wide LLaMA (43M).
@@ -34,9 +35,8 @@ SIZES = {
         "image_size": 32,
         "text": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4),
         "warmup": 1,
-        "steps": 5,
-        "generations": 3,
-        "rounds": 2,
+        "steps": 8,
+        "generations": 6,
     },
     "100m": {
         "vision": dict(
@@ -45,9 +45,8 @@ SIZES = {
         "image_size": 224,
         "text": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=6, num_attention_heads=12),
         "warmup": 1,
-        "steps": 3,
-        "generations": 2,
-        "rounds": 3,
+        "steps": 8,
+        "generations": 6,
     },
 }
 BATCH, TEXT_TOKENS, NEW_TOKENS, SEED = 8, 32, 64, 0
@@ -137,97 +136,117 @@ def _resident_mib() -> float:
     return pages * resource.getpagesize() / 2**20
 
 
-def _generation(model, inputs: dict, settings: dict, runs: int, device: str) -> tuple[list[float], torch.Tensor]:
-    """(seconds of `runs` generate calls after one warm-up call, or of that call alone, the last output ids)."""
-    outputs = []
+class Worker:
+    """One side in its own process (see lockstep.py): loads its model from `folder`, then answers requests:
+    `logits` on the batch (written beside the model), `generate` (rows: 1 or BATCH), `train` (one step; the first
+    one puts LoRA on the model, after which it no longer generates) and `memory` (the peak since the imports)."""
 
-    def once():
-        outputs.append(model.generate(**inputs, **settings))
+    def __init__(self, side: str, folder: Path, device: str, threads: int):
+        torch.set_num_threads(threads)
+        torch.manual_seed(SEED)
+        load = {"dtype": torch.bfloat16 if device == "cuda" else torch.float32, "attn_implementation": "sdpa"}
+        if side == "visionbridge":
+            from visionbridge import VisionBridgeForConditionalGeneration as model_class
+        else:
+            from transformers import LlavaForConditionalGeneration as model_class
+        # Memory is counted from here: what the package imports weighs is not the model's.
+        self.resident_before = _resident_mib()
+        self.side, self.folder, self.device = side, folder, device
+        self.model = model_class.from_pretrained(folder / side, **load).to(device).eval()
+        self.batch = {key: value.to(device) for key, value in load_file(folder / "batch.safetensors").items()}
+        self.optimizer = None
 
-    times = [_timed(once, device) for _ in range(1 + runs)]
-    return times[1:] if runs else times, outputs[-1]
+    def __call__(self, request: dict) -> dict:
+        return getattr(self, request["do"])(**{key: value for key, value in request.items() if key != "do"})
+
+    def logits(self) -> dict:
+        with torch.no_grad():
+            logits = self.model(**_model_inputs(self.batch)).logits.float().cpu()
+        path = self.folder / f"{self.side}.logits.safetensors"
+        save_file({"logits": logits}, path)
+        return {"path": str(path)}
+
+    def generate(self, rows: int) -> dict:
+        settings = dict(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False, use_cache=True)
+        settings["pad_token_id"] = self.model.config.text_config.pad_token_id
+        outputs = []
+        seconds = _timed(
+            lambda: outputs.append(self.model.generate(**_model_inputs(self.batch, rows), **settings)), self.device
+        )
+        return {"seconds": seconds, "tokens": outputs[0][:, -NEW_TOKENS:].tolist()}
+
+    def train(self) -> dict:
+        if self.optimizer is None:
+            from peft import LoraConfig, get_peft_model
+
+            lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=LORA_TARGETS)
+            lora = LoraConfig(**lora.to_dict() | {"modules_to_save": [SIDES[self.side]]})
+            self.model = get_peft_model(self.model, lora).train()
+            trainable = [p for p in self.model.parameters() if p.requires_grad]
+            self.optimizer = torch.optim.AdamW(trainable, lr=1e-4)
+        inputs = _model_inputs(self.batch, labels=True)
+
+        def step():
+            self.model(**inputs).loss.backward()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+
+        seconds = _timed(step, self.device)
+        return {"seconds": seconds, "trainable": sum(p.numel() for p in self.model.parameters() if p.requires_grad)}
+
+    def memory(self) -> dict:
+        if self.device == "cuda":
+            return {"peak_memory_mib": torch.cuda.max_memory_allocated() / 2**20}
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - self.resident_before
+        return {"peak_memory_mib": peak}
 
 
-def worker(side: str, folder: Path, size: str, device: str, threads: int, output: Path, once: bool) -> None:
-    """Load one side from `folder`, record its logits on the batch, then time generation and training (`once`:
-    one generate call per batch size and two training steps, for the memory measurement)."""
-    from peft import LoraConfig, get_peft_model
-
-    torch.set_num_threads(threads)
-    torch.manual_seed(SEED)
-    load = {"dtype": torch.bfloat16 if device == "cuda" else torch.float32, "attn_implementation": "sdpa"}
-    if side == "visionbridge":
-        from visionbridge import VisionBridgeForConditionalGeneration as model_class
-    else:
-        from transformers import LlavaForConditionalGeneration as model_class
-    # Memory is counted from here: what the package imports weighs is not the model's.
-    resident_before = _resident_mib()
-    model = model_class.from_pretrained(folder / side, **load).to(device).eval()
-    batch = {key: value.to(device) for key, value in load_file(folder / "batch.safetensors").items()}
-    spec, result = SIZES[size], {}
-    if once:
-        spec = spec | {"generations": 0, "warmup": 1, "steps": 1}
-
-    with torch.no_grad():
-        logits = model(**_model_inputs(batch)).logits.float().cpu()
-    save_file({"logits": logits}, output.with_suffix(".logits.safetensors"))
-
-    settings = dict(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False, use_cache=True)
-    settings["pad_token_id"] = model.config.text_config.pad_token_id
-    for rows in (1, BATCH):
-        inputs = _model_inputs(batch, rows)
-        result[f"generate_{rows}"], tokens = _generation(model, inputs, settings, spec["generations"], device)
-        result[f"tokens_{rows}"] = tokens[:, -NEW_TOKENS:].tolist()
-
-    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=LORA_TARGETS)
-    model = get_peft_model(model, LoraConfig(**lora.to_dict() | {"modules_to_save": [SIDES[side]]}))
-    model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    inputs = _model_inputs(batch, labels=True)
-
-    def step():
-        model(**inputs).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    times = [_timed(step, device) for _ in range(spec["warmup"] + spec["steps"])]
-    result["train_step"] = times[spec["warmup"] :]
-    result["trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    if device == "cuda":
-        result["peak_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        result["peak_memory_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - resident_before
-    output.write_text(json.dumps(result))
+def _sides(folder: Path, size: str, device: str, threads: int, environment: dict | None = None) -> list[Side]:
+    sides = []
+    for side in SIDES:
+        command = [sys.executable, __file__, "--serve", side, "--folder", str(folder), "--size", size]
+        command += ["--device", device, "--threads", str(threads)]
+        sides.append(Side(side, command, folder / f"{side}.log", environment))
+    return sides
 
 
-def _run_sides(folder: Path, size: str, device: str, threads: int) -> dict[str, tuple[dict, torch.Tensor]]:
-    """Each side's timings, pooled over SIZES[size]["rounds"] processes that alternate between the sides (so a slow
-    spell of the machine falls on both), its logits, and its peak memory: on CPU from a further, untimed process."""
-    results = {}
-    for _ in range(SIZES[size]["rounds"]):
-        for side in SIDES:
-            result, logits = _worker_process(side, folder, size, device, threads, once=False)
-            if side in results:
-                for key in ("train_step", "generate_1", f"generate_{BATCH}"):
-                    results[side][0][key] += result[key]
-            else:
-                results[side] = result, logits
+def _run_sides(folder: Path, size: str, device: str, threads: int) -> tuple[dict, dict]:
+    """Per side (in SIDES order): its logits, its timings (generation at batch 1 and BATCH, training steps: the two
+    processes take turns, see lockstep.py) and its peak memory, on CPU from a further, untimed pass per side."""
+    spec, results = SIZES[size], {side: {} for side in SIDES}
+    with running(_sides(folder, size, device, threads)) as sides:
+        for side in sides:
+            results[side.name]["logits"] = load_file(side.ask({"do": "logits"})["path"])["logits"]
+        for rows in (1, BATCH):
+            request = {"do": "generate", "rows": rows}
+            for name, replies in alternate(sides, request, 1, spec["generations"]).items():
+                results[name][f"generate_{rows}"] = [reply["seconds"] for reply in replies]
+                results[name][f"tokens_{rows}"] = replies[-1]["tokens"]
+        for name, replies in alternate(sides, {"do": "train"}, spec["warmup"], spec["steps"]).items():
+            results[name]["train_step"] = [reply["seconds"] for reply in replies]
+            results[name]["trainable"] = replies[-1]["trainable"]
+        if device == "cuda":
+            for side in sides:
+                results[side.name] |= side.ask({"do": "memory"})
     if device == "cpu":
-        for side in SIDES:
-            memory, _ = _worker_process(side, folder, size, device, threads, once=True)
-            results[side][0]["peak_memory_mib"] = memory["peak_memory_mib"]
-    return results
+        # The same work once per side, alone, with freed blocks of 64 KiB and more handed back to the system.
+        environment = os.environ | {"MALLOC_MMAP_THRESHOLD_": "65536"}
+        for side in _sides(folder, size, device, threads, environment):
+            with running([side]):
+                for request in ({"do": "logits"}, *({"do": "generate", "rows": rows} for rows in (1, BATCH))):
+                    side.ask(request)
+                side.ask({"do": "train"})
+                side.ask({"do": "train"})
+                results[side.name] |= side.ask({"do": "memory"})
+    return results["visionbridge"], results["llava"]
 
 
-def _worker_process(side: str, folder: Path, size: str, device: str, threads: int, once: bool):
-    output = folder / f"{side}.json"
-    command = [sys.executable, __file__, "--worker", side, "--folder", str(folder), "--size", size]
-    command += ["--device", device, "--threads", str(threads), "--output", str(output)] + (["--once"] if once else [])
-    environment = os.environ | ({"MALLOC_MMAP_THRESHOLD_": "65536"} if once else {})
-    done = subprocess.run(command, capture_output=True, text=True, env=environment)
-    if done.returncode:
-        raise RuntimeError(f"The {side} benchmark process failed:\n{done.stderr[-3000:]}")
-    return json.loads(output.read_text()), load_file(output.with_suffix(".logits.safetensors"))["logits"]
+def _paired_ratio(ours: list[float], theirs: list[float]) -> tuple[float, str]:
+    """The median of ours / theirs over the units the two sides ran one after the other, and its note."""
+    ratios = [a / b for a, b in zip(ours, theirs, strict=True)]
+    return statistics.median(
+        ratios
+    ), f"ratio: median over {len(ratios)} adjacent pairs ({min(ratios):.2f}-{max(ratios):.2f})"
 
 
 def _row(metric: str, ours: float, reference: float | None, ratio: float | None, goal: str, met, note: str) -> dict:
@@ -244,12 +263,9 @@ def run(size: str, device: str) -> list[dict]:
         with tempfile.TemporaryDirectory() as directory:
             folder = Path(directory)
             built_difference = build(folder, name)
-            (ours, our_logits), (theirs, their_logits) = _run_sides(folder, name, device, threads).values()
-        for side in (ours, theirs):
-            for key in ("train_step", "generate_1", f"generate_{BATCH}"):
-                side[key] = statistics.median(side[key])
-        loaded_difference = (our_logits - their_logits).abs().max().item()
-        tolerance = 1e-4 if device == "cpu" else 5e-2 * their_logits.abs().max().item()
+            ours, theirs = _run_sides(folder, name, device, threads)
+        loaded_difference = (ours["logits"] - theirs["logits"]).abs().max().item()
+        tolerance = 1e-4 if device == "cpu" else 5e-2 * theirs["logits"].abs().max().item()
         where = f"{name}, {device}, {threads} threads"
         rows.append(
             _row(
@@ -263,15 +279,16 @@ def run(size: str, device: str) -> list[dict]:
                 f"loaded per side {loaded_difference:.2g}",
             )
         )
-        ratio = ours["train_step"] / theirs["train_step"]
         spec = SIZES[name]
-        pooled = f"median of {spec['rounds'] * spec['steps']} steps ({spec['rounds']} processes per side, alternating)"
-        note = f"{where}; batch {BATCH}, {pooled}; {ours['trainable']} trainable"
+        ratio, paired = _paired_ratio(ours["train_step"], theirs["train_step"])
+        note = (
+            f"{where}; batch {BATCH}; median of {spec['steps']} steps per side, {paired}; {ours['trainable']} trainable"
+        )
         rows.append(
             _row(
                 f"training step, s ({name})",
-                ours["train_step"],
-                theirs["train_step"],
+                statistics.median(ours["train_step"]),
+                statistics.median(theirs["train_step"]),
                 ratio,
                 "<= 1.0",
                 ratio <= 1.0,
@@ -279,18 +296,19 @@ def run(size: str, device: str) -> list[dict]:
             )
         )
         for batch in (1, BATCH):
-            our_time, their_time = ours[f"generate_{batch}"], theirs[f"generate_{batch}"]
+            our_times, their_times = ours[f"generate_{batch}"], theirs[f"generate_{batch}"]
+            ratio, paired = _paired_ratio(our_times, their_times)
             same = ours[f"tokens_{batch}"] == theirs[f"tokens_{batch}"]
             rows.append(
                 _row(
                     f"generation, new tokens/s, batch {batch} ({name})",
-                    batch * NEW_TOKENS / our_time,
-                    batch * NEW_TOKENS / their_time,
-                    our_time / their_time,
+                    batch * NEW_TOKENS / statistics.median(our_times),
+                    batch * NEW_TOKENS / statistics.median(their_times),
+                    ratio,
                     "time ratio <= 1.0",
-                    our_time <= their_time,
-                    f"{where}; greedy, KV cache, {NEW_TOKENS} new tokens, median of "
-                    f"{spec['rounds'] * spec['generations']} calls; same tokens: {same}",
+                    ratio <= 1.0,
+                    f"{where}; greedy, KV cache, {NEW_TOKENS} new tokens; median of {spec['generations']} calls "
+                    f"per side, {paired}; same tokens: {same}",
                 )
             )
         ratio = ours["peak_memory_mib"] / theirs["peak_memory_mib"]
@@ -316,14 +334,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="tiny", choices=[*SIZES, "all"])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--worker", choices=list(SIDES), help="internal: run one side")
+    parser.add_argument("--serve", choices=list(SIDES), help="internal: run one side, answering requests on stdin")
     parser.add_argument("--folder", type=Path)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--output", type=Path)
-    parser.add_argument("--once", action="store_true", help="internal: one pass, for the memory measurement")
     args = parser.parse_args()
-    if args.worker:
-        worker(args.worker, args.folder, args.size, args.device, args.threads, args.output, args.once)
+    if args.serve:
+        serve(Worker(args.serve, args.folder, args.device, args.threads))
     else:
         print(json.dumps(run(args.size, args.device), indent=1))
 

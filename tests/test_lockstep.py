@@ -1,0 +1,48 @@
+"""The benchmark's two sides take turns in their own processes: the order flips every turn, warm-up replies are
+dropped, a side's stray prints do not break its replies, and a side that dies is reported with its stderr."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+import lockstep  # noqa: E402
+
+# A side that answers each request with the clock reading when it ran, after printing to stdout; it dies on "exit".
+SIDE = """
+import sys, time
+sys.path.insert(0, {examples!r})
+import lockstep
+
+def handle(request):
+    print("a library writing to stdout")
+    if request["do"] == "exit":
+        print("the side's own error", file=sys.stderr)
+        sys.exit(3)
+    return {{"clock": time.monotonic_ns()}}
+
+lockstep.serve(handle)
+"""
+
+
+def _side(name: str, tmp_path: Path) -> lockstep.Side:
+    script = SIDE.format(examples=str(Path(lockstep.__file__).parent))
+    return lockstep.Side(name, [sys.executable, "-c", script], tmp_path / f"{name}.log")
+
+
+def test_sides_take_turns_in_flipping_order_and_warmup_is_dropped(tmp_path):
+    with lockstep.running([_side("first", tmp_path), _side("second", tmp_path)]) as sides:
+        replies = lockstep.alternate(sides, {"do": "time"}, warmup=1, turns=4)
+    assert [len(replies["first"]), len(replies["second"])] == [4, 4]
+    # Timed turns 1..4 follow one warm-up turn (turn 0, first side first): odd turns start with the second side.
+    for turn, (first, second) in enumerate(zip(replies["first"], replies["second"], strict=True), start=1):
+        assert (first["clock"] < second["clock"]) == (turn % 2 == 0)
+    clocks = sorted(reply["clock"] for side in replies.values() for reply in side)
+    assert len(set(clocks)) == 8
+
+
+def test_a_side_that_dies_is_reported_with_its_stderr(tmp_path):
+    with pytest.raises(RuntimeError, match=r"(?s)The dying side stopped \(exit code 3\).*the side's own error"):
+        with lockstep.running([_side("dying", tmp_path)]) as (side,):
+            side.ask({"do": "exit"})
