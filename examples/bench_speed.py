@@ -35,8 +35,8 @@ SIZES = {
         "image_size": 32,
         "text": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4),
         "warmup": 1,
-        "steps": 8,
-        "generations": 6,
+        "steps": 16,
+        "generations": 12,
     },
     "100m": {
         "vision": dict(
@@ -45,8 +45,8 @@ SIZES = {
         "image_size": 224,
         "text": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=6, num_attention_heads=12),
         "warmup": 1,
-        "steps": 8,
-        "generations": 6,
+        "steps": 16,
+        "generations": 10,
     },
 }
 BATCH, TEXT_TOKENS, NEW_TOKENS, SEED = 8, 32, 64, 0
@@ -244,9 +244,8 @@ def _run_sides(folder: Path, size: str, device: str, threads: int) -> tuple[dict
 def _paired_ratio(ours: list[float], theirs: list[float]) -> tuple[float, str]:
     """The median of ours / theirs over the units the two sides ran one after the other, and its note."""
     ratios = [a / b for a, b in zip(ours, theirs, strict=True)]
-    return statistics.median(
-        ratios
-    ), f"ratio: median over {len(ratios)} adjacent pairs ({min(ratios):.2f}-{max(ratios):.2f})"
+    note = f"ratio: median over {len(ratios)} adjacent pairs ({min(ratios):.2f}-{max(ratios):.2f})"
+    return statistics.median(ratios), note
 
 
 def _row(metric: str, ours: float, reference: float | None, ratio: float | None, goal: str, met, note: str) -> dict:

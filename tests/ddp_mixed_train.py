@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import torch
+from cpu_args import cpu_args
 from PIL import Image
 from safetensors.torch import save_file
 from sklearn.datasets import load_digits
@@ -25,7 +26,7 @@ from torch.utils.data import SequentialSampler
 
 import visionbridge
 from visionbridge.modeling.tiny_components import build_tiny_components
-from visionbridge.trainer import VisionBridgeTrainer, VisionBridgeTrainingArguments
+from visionbridge.trainer import VisionBridgeTrainer
 from visionbridge.trainer.collator import VisionBridgeCollator
 
 STEPS = 2
@@ -70,8 +71,8 @@ def main(out: str) -> None:
         seen.append(sum(len(sample["images"]) for sample in samples))
         return collator(samples)
 
-    args = VisionBridgeTrainingArguments(
-        output_dir=str(Path(out) / f"run-{mode}"),
+    args = cpu_args(
+        Path(out) / f"run-{mode}",
         stage="instruct",
         lora_dropout=0.0,
         per_device_train_batch_size=2,
@@ -83,12 +84,7 @@ def main(out: str) -> None:
         connector_lr=0.2,
         max_steps=STEPS,
         logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
         ddp_backend="gloo" if distributed else None,
-        disable_tqdm=True,
-        seed=0,
     )
     trainer = InOrderTrainer(
         model=model, args=args, train_dataset=_samples(), processing_class=processor, data_collator=collate

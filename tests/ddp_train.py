@@ -9,11 +9,12 @@ import sys
 from pathlib import Path
 
 import torch
+from cpu_args import cpu_args
 from digit_chats import digit_chats
 
 import visionbridge
 from visionbridge.modeling.tiny_components import build_tiny_components
-from visionbridge.trainer import VisionBridgeTrainer, VisionBridgeTrainingArguments
+from visionbridge.trainer import VisionBridgeTrainer
 
 
 def main(out: str) -> None:
@@ -22,19 +23,14 @@ def main(out: str) -> None:
     torch.manual_seed(0)
     model, processor = visionbridge.from_components(*build_tiny_components(components))
     samples = digit_chats(32)
-    args = VisionBridgeTrainingArguments(
-        output_dir=str(Path(out) / "run"),
+    args = cpu_args(
+        Path(out) / "run",
         per_device_train_batch_size=4,
         learning_rate=2e-3,
         connector_lr=5e-3,
         max_steps=8,
         logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
         ddp_backend="gloo",
-        disable_tqdm=True,
-        seed=0,
     )
     trainer = VisionBridgeTrainer(model=model, args=args, train_dataset=samples, processing_class=processor)
     trainer.train()

@@ -12,11 +12,12 @@ import time
 from pathlib import Path
 
 import torch
+from cpu_args import cpu_args
 from digit_chats import digit_chats
 from transformers import TrainerCallback
 
 import visionbridge
-from visionbridge.trainer import VisionBridgeTrainer, VisionBridgeTrainingArguments
+from visionbridge.trainer import VisionBridgeTrainer
 
 
 class _HangAfterCheckpoint(TrainerCallback):
@@ -29,8 +30,8 @@ def main(vision: str, language: str, out: str, mode: str = "") -> None:
     torch.manual_seed(0)
     model, processor = visionbridge.from_components(vision, language)
     samples = digit_chats(16)
-    args = VisionBridgeTrainingArguments(
-        output_dir=str(Path(out) / "run"),
+    args = cpu_args(
+        Path(out) / "run",
         per_device_train_batch_size=2,
         learning_rate=1e-3,
         connector_lr=3e-3,
@@ -39,10 +40,6 @@ def main(vision: str, language: str, out: str, mode: str = "") -> None:
         logging_steps=1,
         save_strategy="steps",
         save_steps=3,
-        report_to=[],
-        use_cpu=True,
-        seed=0,
-        disable_tqdm=True,
     )
     trainer = VisionBridgeTrainer(model=model, args=args, train_dataset=samples, processing_class=processor)
     if mode == "hang":

@@ -8,6 +8,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from cpu_args import cpu_args
 from PIL import Image
 from transformers import HfArgumentParser
 
@@ -244,18 +245,9 @@ def test_indexed_samples_stand_in_for_a_sample_that_fails_to_load(tmp_path, imag
 
 
 def _args(tmp_path, **kwargs) -> VisionBridgeTrainingArguments:
-    settings = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=4,
-        num_train_epochs=1,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        seed=0,
-        disable_tqdm=True,
+    return cpu_args(
+        tmp_path / "out", **(dict(per_device_train_batch_size=4, num_train_epochs=1, logging_steps=1) | kwargs)
     )
-    return VisionBridgeTrainingArguments(**{**settings, **kwargs})
 
 
 class _BadData(torch.utils.data.Dataset):

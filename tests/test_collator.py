@@ -6,6 +6,7 @@ import string
 
 import pytest
 import torch
+from answer_spans import answer_characters
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -245,21 +246,6 @@ def chat_samples(draw) -> dict:
         messages.append({"role": role, "content": "<image>".join(draw(TEXT) for _ in range(count + 1))})
         images += [draw(st.sampled_from(IMAGES)) for _ in range(count)]
     return {"messages": messages, "images": images}
-
-
-def answer_characters(processor, messages: list[dict]) -> tuple[str, torch.Tensor]:
-    """Per character of the expanded conversation: does it belong to an assistant answer (end marker included)?"""
-
-    def render(upto: int, prompt: bool) -> str:
-        text = processor.apply_chat_template(messages[:upto], add_generation_prompt=prompt)
-        return text.replace("<image>", "<image>" * processor.image_seq_length)
-
-    full = render(len(messages), False)
-    inside = torch.zeros(len(full), dtype=torch.bool)
-    for turn, message in enumerate(messages):
-        if message["role"] == "assistant":
-            inside[len(render(turn, True)) : len(render(turn + 1, False))] = True
-    return full, inside
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])

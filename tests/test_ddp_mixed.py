@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from cpu_args import cpu_args
 from safetensors.torch import load_file
 
-from visionbridge.trainer import VisionBridgeTrainer, VisionBridgeTrainingArguments
+from visionbridge.trainer import VisionBridgeTrainer
 from visionbridge.trainer.collator import VisionBridgeCollator
 
 SCRIPT = Path(__file__).with_name("ddp_mixed_train.py")
@@ -54,17 +55,7 @@ def test_text_only_training_batch_gives_the_image_path_zero_gradients(make_model
 
 
 def _trainer(model, processor, samples, tmp_path) -> VisionBridgeTrainer:
-    args = VisionBridgeTrainingArguments(
-        output_dir=str(tmp_path / "out"),
-        stage="instruct",
-        per_device_train_batch_size=2,
-        max_steps=3,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        disable_tqdm=True,
-        seed=0,
-    )
+    args = cpu_args(tmp_path / "out", stage="instruct", per_device_train_batch_size=2, max_steps=3)
     trainer = VisionBridgeTrainer(model=model, args=args, train_dataset=samples, processing_class=processor)
     trainer._get_train_sampler = lambda *args, **kwargs: torch.utils.data.SequentialSampler(samples)
     return trainer

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cpu_args import cpu_args
 from fault_train import main as train_digits
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor, Trainer
@@ -112,15 +113,8 @@ def test_a_second_save_into_a_folder_replaces_the_weights(make_model, tmp_path):
 
 def _checkpointing_args(tmp_path: Path, max_steps: int) -> VisionBridgeTrainingArguments:
     """Batches of 4, a checkpoint every 2 steps under tmp_path/run."""
-    return VisionBridgeTrainingArguments(
-        output_dir=str(tmp_path / "run"),
-        per_device_train_batch_size=4,
-        max_steps=max_steps,
-        save_strategy="steps",
-        save_steps=2,
-        report_to=[],
-        use_cpu=True,
-        disable_tqdm=True,
+    return cpu_args(
+        tmp_path / "run", per_device_train_batch_size=4, max_steps=max_steps, save_strategy="steps", save_steps=2
     )
 
 
@@ -187,7 +181,7 @@ def test_saved_folders_hold_no_pickle_but_the_trainers_resume_state(make_model, 
 
 def test_an_interrupted_adapter_save_leaves_no_folder(make_model, digit_samples, tmp_path, monkeypatch):
     model, processor = make_model()
-    args = VisionBridgeTrainingArguments(output_dir=str(tmp_path / "run"), report_to=[], use_cpu=True)
+    args = cpu_args(tmp_path / "run")
     trainer = VisionBridgeTrainer(model=model, args=args, train_dataset=digit_samples[:4], processing_class=processor)
     trainer.save_model(str(tmp_path / "adapter"))
     before = {path.name: path.read_bytes() for path in (tmp_path / "adapter").iterdir()}

@@ -10,6 +10,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from answer_spans import answer_characters
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -129,21 +130,6 @@ def chat_samples(draw) -> dict:
     placeholders = sum(message["content"].count("<image>") for message in messages)
     count = placeholders if draw(st.integers(0, 4)) else max(0, placeholders + draw(st.sampled_from([-1, 1])))
     return {"messages": messages, "images": [draw(images()) for _ in range(count)]}
-
-
-def answer_characters(processor, messages: list[dict]) -> tuple[str, torch.Tensor]:
-    """Per character of the expanded conversation: does it belong to an assistant answer (end marker included)?"""
-
-    def render(upto: int, prompt: bool) -> str:
-        text = processor.apply_chat_template(messages[:upto], add_generation_prompt=prompt)
-        return text.replace("<image>", "<image>" * processor.image_seq_length)
-
-    full = render(len(messages), False)
-    inside = torch.zeros(len(full), dtype=torch.bool)
-    for turn, message in enumerate(messages):
-        if message["role"] == "assistant":
-            inside[len(render(turn, True)) : len(render(turn + 1, False))] = True
-    return full, inside
 
 
 @FUZZ

@@ -9,29 +9,25 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from cpu_args import cpu_args
 from huggingface_hub import ModelCard, hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError
 from safetensors.torch import load_file, save_file
 
-from visionbridge.trainer import VisionBridgeTrainer, VisionBridgeTrainingArguments
+from visionbridge.trainer import VisionBridgeTrainer
 
 CHECK = Path(__file__).with_name("hub_load_check.py")
 
 
 def _train(model, processor, samples, tmp_path, steps, repo_id):
-    args = VisionBridgeTrainingArguments(
-        output_dir=str(tmp_path / f"run-{steps}"),
+    args = cpu_args(
+        tmp_path / f"run-{steps}",
         per_device_train_batch_size=4,
         learning_rate=1e-3,
         connector_lr=3e-3,
         max_steps=steps,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        disable_tqdm=True,
         push_to_hub=True,
         hub_model_id=repo_id,
-        seed=0,
     )
     trainer = VisionBridgeTrainer(model=model, args=args, train_dataset=samples[:16], processing_class=processor)
     trainer.train()

@@ -4,14 +4,14 @@ with the connector."""
 import pytest
 import torch
 import transformers
+from cpu_args import cpu_args
 from peft import PeftModel
-from PIL import Image
 from remote_load_check import run_check
-from test_remote_code import PROMPT, _interpreter
+from test_remote_code import _interpreter, saved_with_photo
 from transformers import AutoModelForImageTextToText
 
 from visionbridge import VisionBridgeProcessor
-from visionbridge.trainer import VisionBridgeTrainer, VisionBridgeTrainingArguments
+from visionbridge.trainer import VisionBridgeTrainer
 from visionbridge.trainer.collator import VisionBridgeCollator
 from visionbridge.trainer.lora import unwrap
 
@@ -80,18 +80,13 @@ def test_boundary_starts_at_the_mean_embedding_and_moves_the_logits(make_model, 
 
 
 def _train(model, processor, samples, tmp_path, **kwargs):
-    args = VisionBridgeTrainingArguments(
-        output_dir=str(tmp_path / "out"),
+    args = cpu_args(
+        tmp_path / "out",
         stage="instruct",
         per_device_train_batch_size=4,
         learning_rate=1e-3,
         connector_lr=3e-3,
         max_steps=3,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        seed=0,
-        disable_tqdm=True,
         **kwargs,
     )
     return VisionBridgeTrainer(model=model, args=args, train_dataset=samples, processing_class=processor)
@@ -149,14 +144,7 @@ def test_fresh_interpreter_loads_the_boundary_tokens(make_model, photos, tmp_pat
     model, processor = make_model(mm_use_im_start_end=True)
     with torch.no_grad():
         model.image_boundary.embeddings.normal_()  # as after training: far from the mean a fresh init would give
-    folder = tmp_path / "model"
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    photo = tmp_path / "photo.jpg"
-    photos[0].save(photo)
-    inputs = processor(images=Image.open(photo), text=processor.apply_chat_template(PROMPT, add_generation_prompt=True))
-    with torch.no_grad():
-        expected_logits = model(**inputs).logits
+    folder, photo, inputs, expected_logits = saved_with_photo(model, processor, photos[0], tmp_path)
 
     report, tensors = run_check(python, folder, photo, tmp_path)
     assert (report["transformers"] == transformers.__version__) == (which == "this line")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cpu_args import cpu_args
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForImageTextToText, CLIPVisionConfig, LlamaConfig
@@ -20,7 +21,6 @@ from visionbridge import (
     load_mm_projector,
 )
 from visionbridge.modeling.tiny_components import train_tiny_tokenizer
-from visionbridge.trainer import VisionBridgeTrainingArguments
 from visionbridge.trainer.lora import prepare_model
 
 REMOTE_CHECK = Path(__file__).with_name("remote_error_check.py")
@@ -82,7 +82,7 @@ def test_an_explicit_image_seq_length_is_checked_against_the_processors_resoluti
 
 
 def _adapter(model, folder) -> None:
-    args = VisionBridgeTrainingArguments(output_dir=str(folder), report_to=[], use_cpu=True)
+    args = cpu_args(folder)
     peft_model = prepare_model(model, args)
     with torch.no_grad():
         for name, parameter in peft_model.named_parameters():

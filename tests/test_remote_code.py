@@ -7,6 +7,7 @@ import json
 import os
 import re
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +18,19 @@ from remote_load_check import run_check
 from visionbridge.modeling.remote_code import flat_sources
 
 PROMPT = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in the picture?"}]}]
+
+
+def saved_with_photo(model, processor, photo: Image.Image, tmp_path: Path) -> tuple[Path, Path, dict, torch.Tensor]:
+    """Save model and processor to tmp_path/model and `photo` as a JPEG beside it; return the two paths, the
+    processor's inputs for PROMPT on the photo as read back, and the model's logits on them."""
+    folder, photo_path = tmp_path / "model", tmp_path / "photo.jpg"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    photo.save(photo_path)
+    text = processor.apply_chat_template(PROMPT, add_generation_prompt=True)
+    inputs = processor(images=Image.open(photo_path), text=text)
+    with torch.no_grad():
+        return folder, photo_path, inputs, model(**inputs).logits
 
 
 def _interpreter(which: str) -> str:
@@ -45,15 +59,7 @@ def test_fresh_interpreter_without_visionbridge_loads_the_same_model(
 ):
     python = _interpreter(which)
     model, processor = make_model(vision, language, connector)
-    folder = tmp_path / "model"
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    photo = tmp_path / "photo.jpg"
-    photos[0].save(photo)
-
-    inputs = processor(images=Image.open(photo), text=processor.apply_chat_template(PROMPT, add_generation_prompt=True))
-    with torch.no_grad():
-        expected_logits = model(**inputs).logits
+    folder, photo, inputs, expected_logits = saved_with_photo(model, processor, photos[0], tmp_path)
     expected_tokens = model.generate(**inputs, max_new_tokens=8, min_new_tokens=8, do_sample=False)
     expected_tokens = expected_tokens[0, inputs["input_ids"].shape[1] :].tolist()
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import torch
+from cpu_args import cpu_args
 from peft import PeftModel
 from PIL import Image
 from remote_load_check import run_check
@@ -57,18 +58,13 @@ def test_remote_code_llm_trains_with_lora_saves_and_loads_without_its_repo(compo
     assert {"llm_configuration_tinygpt.py", "llm_modeling_tinygpt.py"} <= {path.name for path in base.iterdir()}
     assert "from .llm_configuration_tinygpt import" in (base / "llm_modeling_tinygpt.py").read_text()
 
-    args = visionbridge.VisionBridgeTrainingArguments(
-        output_dir=str(tmp_path / "run"),
+    args = cpu_args(
+        tmp_path / "run",
         stage="instruct",
         lora_target_modules="c_attn|w1|w2",
         per_device_train_batch_size=4,
         learning_rate=1e-3,
         max_steps=3,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        seed=0,
-        disable_tqdm=True,
     )
     trainer = visionbridge.VisionBridgeTrainer(
         model=model, args=args, train_dataset=digit_samples[:12], processing_class=processor

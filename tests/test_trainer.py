@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cpu_args import cpu_args
 from peft import PeftModel
 from transformers import AutoModelForImageTextToText, HfArgumentParser
 
@@ -12,20 +13,8 @@ from visionbridge.trainer.lora import part_of
 
 
 def _args(tmp_path, **kwargs) -> VisionBridgeTrainingArguments:
-    settings = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=4,
-        learning_rate=1e-3,
-        connector_lr=3e-3,
-        max_steps=4,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        seed=0,
-        disable_tqdm=True,
-    )
-    return VisionBridgeTrainingArguments(**{**settings, **kwargs})
+    settings = dict(per_device_train_batch_size=4, learning_rate=1e-3, connector_lr=3e-3, max_steps=4, logging_steps=1)
+    return cpu_args(tmp_path / "out", **(settings | kwargs))
 
 
 def _trainer(make_model, digit_samples, tmp_path, model_kwargs=None, **kwargs):
