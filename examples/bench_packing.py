@@ -109,7 +109,7 @@ class Layout:
         self.packing, self.device, self.done = packing, device, 0
 
     def __call__(self, request: dict) -> dict:
-        return self.losses() if request["do"] == "losses" else self.step()
+        return getattr(self, request["do"])()
 
     def _forward(self, batch: dict):
         with torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16, enabled=self.device != "cpu"):
@@ -225,7 +225,7 @@ def main() -> None:
     parser.add_argument("--language", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
-        lockstep.serve(Layout(args.side == "packed", args.size, args.device, args.vision, args.language))
+        lockstep.serve(lambda: Layout(args.side == "packed", args.size, args.device, args.vision, args.language))
         return
     for row in run(args.size, args.device):
         print(json.dumps(row))

@@ -139,7 +139,8 @@ def _resident_mib() -> float:
 class Worker:
     """One side in its own process (see lockstep.py): loads its model from `folder`, then answers requests:
     `logits` on the batch (written beside the model), `generate` (rows: 1 or BATCH), `train` (one step; the first
-    one puts LoRA on the model, after which it no longer generates) and `memory` (the peak since the imports)."""
+    one puts LoRA on the model, so generation is asked for before training) and `memory` (the peak since the
+    imports)."""
 
     def __init__(self, side: str, folder: Path, device: str, threads: int):
         torch.set_num_threads(threads)
@@ -201,25 +202,22 @@ class Worker:
         return {"peak_memory_mib": peak}
 
 
-def _sides(folder: Path, size: str, device: str, threads: int, environment: dict | None = None) -> list[Side]:
-    sides = []
-    for side in SIDES:
-        command = [sys.executable, __file__, "--serve", side, "--folder", str(folder), "--size", size]
-        command += ["--device", device, "--threads", str(threads)]
-        sides.append(Side(side, command, folder / f"{side}.log", environment))
-    return sides
+def _side(name: str, folder: Path, device: str, threads: int, environment: dict | None = None) -> Side:
+    command = [sys.executable, __file__, "--serve", name, "--folder", str(folder)]
+    command += ["--device", device, "--threads", str(threads)]
+    return Side(name, command, folder / f"{name}.log", environment)
 
 
 def _run_sides(folder: Path, size: str, device: str, threads: int) -> tuple[dict, dict]:
     """Per side (in SIDES order): its logits, its timings (generation at batch 1 and BATCH, training steps: the two
     processes take turns, see lockstep.py) and its peak memory, on CPU from a further, untimed pass per side."""
-    spec, results = SIZES[size], {side: {} for side in SIDES}
-    with running(_sides(folder, size, device, threads)) as sides:
+    spec, results = SIZES[size], {name: {} for name in SIDES}
+    with running([_side(name, folder, device, threads) for name in SIDES]) as sides:
         for side in sides:
             results[side.name]["logits"] = load_file(side.ask({"do": "logits"})["path"])["logits"]
         for rows in (1, BATCH):
             request = {"do": "generate", "rows": rows}
-            for name, replies in alternate(sides, request, 1, spec["generations"]).items():
+            for name, replies in alternate(sides, request, spec["warmup"], spec["generations"]).items():
                 results[name][f"generate_{rows}"] = [reply["seconds"] for reply in replies]
                 results[name][f"tokens_{rows}"] = replies[-1]["tokens"]
         for name, replies in alternate(sides, {"do": "train"}, spec["warmup"], spec["steps"]).items():
@@ -231,8 +229,8 @@ def _run_sides(folder: Path, size: str, device: str, threads: int) -> tuple[dict
     if device == "cpu":
         # The same work once per side, alone, with freed blocks of 64 KiB and more handed back to the system.
         environment = os.environ | {"MALLOC_MMAP_THRESHOLD_": "65536"}
-        for side in _sides(folder, size, device, threads, environment):
-            with running([side]):
+        for name in SIDES:
+            with running([_side(name, folder, device, threads, environment)]) as (side,):
                 for request in ({"do": "logits"}, *({"do": "generate", "rows": rows} for rows in (1, BATCH))):
                     side.ask(request)
                 side.ask({"do": "train"})
@@ -338,7 +336,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     if args.serve:
-        serve(Worker(args.serve, args.folder, args.device, args.threads))
+        serve(lambda: Worker(args.serve, args.folder, args.device, args.threads))
     else:
         print(json.dumps(run(args.size, args.device), indent=1))
 

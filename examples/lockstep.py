@@ -1,11 +1,12 @@
 """Two benchmark sides, each in its own process, taking turns one timed unit at a time.
 
-On a shared machine speed drifts by tens of percent within minutes, so sides timed one after the other are timed
-on different machines. Here both processes are started side by side and the parent asks each in turn for one unit
+On a shared machine speed drifts by 10% and more within seconds, so sides timed one after the other are timed on
+different machines. Here both processes are started side by side and the parent asks each in turn for one unit
 (a training step, a generate call), the first side first on even turns and second on odd ones: a slow spell falls
 on both, and each pair of adjacent units gives one ratio. Only one side computes at any moment.
 
-A side is a command that ends in a call to `serve(handle)`; it answers each request, a dict, with `handle`'s dict.
+A side is a command that ends in a call to `serve(start)`, where `start()` loads the side and returns the function
+that answers each request, a dict, with a dict.
 """
 
 import json
@@ -17,11 +18,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-def serve(handle: Callable[[dict], dict]) -> None:
-    """Answer each JSON request line on stdin with one JSON line of handle(request); whatever else the process
-    prints (libraries, progress bars) goes to stderr, so it cannot break a reply."""
+def serve(start: Callable[[], Callable[[dict], dict]]) -> None:
+    """Load the side with `start()`, then answer each JSON request line on stdin with one JSON line of
+    handle(request). Whatever else the process prints, while loading too (libraries, progress bars), goes to
+    stderr, so it cannot break a reply."""
     replies = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
+    handle = start()
     for line in sys.stdin:
         replies.write(json.dumps(handle(json.loads(line))) + "\n")
         replies.flush()
@@ -38,9 +41,12 @@ class Side:
             )
 
     def ask(self, request: dict) -> dict:
-        self.process.stdin.write(json.dumps(request) + "\n")
-        self.process.stdin.flush()
-        reply = self.process.stdout.readline()
+        try:
+            self.process.stdin.write(json.dumps(request) + "\n")
+            self.process.stdin.flush()
+            reply = self.process.stdout.readline()
+        except BrokenPipeError:  # it died before reading the request, while loading say
+            reply = ""
         if not reply:
             self.process.wait()
             raise RuntimeError(

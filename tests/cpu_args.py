@@ -4,9 +4,8 @@ from pathlib import Path
 
 from visionbridge.trainer import VisionBridgeTrainingArguments
 
-DEFAULTS = dict(save_strategy="no", report_to=[], use_cpu=True, seed=0, disable_tqdm=True)
-
 
 def cpu_args(output_dir: str | Path, **settings) -> VisionBridgeTrainingArguments:
-    """VisionBridgeTrainingArguments writing to `output_dir`, `settings` taking precedence over DEFAULTS."""
-    return VisionBridgeTrainingArguments(output_dir=str(output_dir), **(DEFAULTS | settings))
+    """VisionBridgeTrainingArguments writing to `output_dir`, `settings` taking precedence over the test defaults."""
+    defaults = dict(save_strategy="no", report_to=[], use_cpu=True, seed=0, disable_tqdm=True)
+    return VisionBridgeTrainingArguments(output_dir=str(output_dir), **(defaults | settings))

@@ -5,9 +5,9 @@ import pytest
 import torch
 import transformers
 from cpu_args import cpu_args
+from fresh_interpreter import interpreter, saved_with_photo
 from peft import PeftModel
 from remote_load_check import run_check
-from test_remote_code import _interpreter, saved_with_photo
 from transformers import AutoModelForImageTextToText
 
 from visionbridge import VisionBridgeProcessor
@@ -140,7 +140,7 @@ def test_boundary_trains_with_the_connector_and_reloads_exactly(make_model, digi
 
 @pytest.mark.parametrize("which", ["this line", "other line"])
 def test_fresh_interpreter_loads_the_boundary_tokens(make_model, photos, tmp_path, which):
-    python = _interpreter(which)
+    python = interpreter(which)
     model, processor = make_model(mm_use_im_start_end=True)
     with torch.no_grad():
         model.image_boundary.embeddings.normal_()  # as after training: far from the mean a fresh init would give

@@ -1,5 +1,6 @@
 """The benchmark's two sides take turns in their own processes: the order flips every turn, warm-up replies are
-dropped, a side's stray prints do not break its replies, and a side that dies is reported with its stderr."""
+dropped, a side's stray prints do not break its replies, and a side that dies, while loading too, is reported with
+its stderr."""
 
 import sys
 from pathlib import Path
@@ -9,7 +10,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 import lockstep  # noqa: E402
 
-# A side that answers each request with the clock reading when it ran, after printing to stdout; it dies on "exit".
+# A side that prints to stdout while loading and answering, answers each request with the clock reading when it
+# ran, and dies on "exit"; or dies while loading.
 SIDE = """
 import sys, time
 sys.path.insert(0, {examples!r})
@@ -22,12 +24,18 @@ def handle(request):
         sys.exit(3)
     return {{"clock": time.monotonic_ns()}}
 
-lockstep.serve(handle)
+def start():
+    print("loading", flush=True)
+    if {fails_to_load}:
+        raise OSError("no weights in this folder")
+    return handle
+
+lockstep.serve(start)
 """
 
 
-def _side(name: str, tmp_path: Path) -> lockstep.Side:
-    script = SIDE.format(examples=str(Path(lockstep.__file__).parent))
+def _side(name: str, tmp_path: Path, fails_to_load: bool = False) -> lockstep.Side:
+    script = SIDE.format(examples=str(Path(lockstep.__file__).parent), fails_to_load=fails_to_load)
     return lockstep.Side(name, [sys.executable, "-c", script], tmp_path / f"{name}.log")
 
 
@@ -46,3 +54,11 @@ def test_a_side_that_dies_is_reported_with_its_stderr(tmp_path):
     with pytest.raises(RuntimeError, match=r"(?s)The dying side stopped \(exit code 3\).*the side's own error"):
         with lockstep.running([_side("dying", tmp_path)]) as (side,):
             side.ask({"do": "exit"})
+
+
+def test_a_side_that_dies_while_loading_is_reported_and_the_other_side_is_ended(tmp_path):
+    sides = [_side("healthy", tmp_path), _side("broken", tmp_path, fails_to_load=True)]
+    with pytest.raises(RuntimeError, match=r"(?s)The broken side stopped \(exit code 1\).*no weights in this folder"):
+        with lockstep.running(sides):
+            lockstep.alternate(sides, {"do": "time"}, warmup=0, turns=1)
+    assert all(side.process.poll() is not None for side in sides)

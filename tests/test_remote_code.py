@@ -4,44 +4,16 @@ on this transformers line and on the other one (VISIONBRIDGE_OTHER_PYTHON names 
 import ast
 import importlib.metadata
 import json
-import os
 import re
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 import transformers
-from PIL import Image
+from fresh_interpreter import interpreter, saved_with_photo
 from remote_load_check import run_check
 
 from visionbridge.modeling.remote_code import flat_sources
-
-PROMPT = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in the picture?"}]}]
-
-
-def saved_with_photo(model, processor, photo: Image.Image, tmp_path: Path) -> tuple[Path, Path, dict, torch.Tensor]:
-    """Save model and processor to tmp_path/model and `photo` as a JPEG beside it; return the two paths, the
-    processor's inputs for PROMPT on the photo as read back, and the model's logits on them."""
-    folder, photo_path = tmp_path / "model", tmp_path / "photo.jpg"
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    photo.save(photo_path)
-    text = processor.apply_chat_template(PROMPT, add_generation_prompt=True)
-    inputs = processor(images=Image.open(photo_path), text=text)
-    with torch.no_grad():
-        return folder, photo_path, inputs, model(**inputs).logits
-
-
-def _interpreter(which: str) -> str:
-    if which == "this line":
-        return sys.executable
-    other = os.environ.get("VISIONBRIDGE_OTHER_PYTHON")
-    if not other:
-        if os.environ.get("CI"):
-            pytest.fail("CI must set VISIONBRIDGE_OTHER_PYTHON to the interpreter of the other transformers line")
-        pytest.skip("VISIONBRIDGE_OTHER_PYTHON is not set: the cross-line load is checked where it is (CI)")
-    return other
 
 
 @pytest.mark.parametrize("which", ["this line", "other line"])
@@ -57,7 +29,7 @@ def _interpreter(which: str) -> str:
 def test_fresh_interpreter_without_visionbridge_loads_the_same_model(
     make_model, photos, tmp_path, which, vision, language, connector
 ):
-    python = _interpreter(which)
+    python = interpreter(which)
     model, processor = make_model(vision, language, connector)
     folder, photo, inputs, expected_logits = saved_with_photo(model, processor, photos[0], tmp_path)
     expected_tokens = model.generate(**inputs, max_new_tokens=8, min_new_tokens=8, do_sample=False)
