@@ -18,13 +18,12 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import lockstep
 import numpy as np
 import torch
-from bench_speed import build_components
+from bench_speed import build_components, timed
 from PIL import Image
 from transformers.utils import is_flash_attn_2_available
 
@@ -131,24 +130,19 @@ class Layout:
         batch = {key: value.to(self.device) for key, value in self.batches[self.done].items()}
         lengths = self.lengths[self.done]
         self.done += 1
-        sync()
-        start = time.perf_counter()
-        self._forward(batch).loss.backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        sync()
-        seconds = time.perf_counter() - start
+
+        def step():
+            self._forward(batch).loss.backward()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+
+        seconds = timed(step, self.device)
         return {
             "seconds": seconds,
             "tokens": sum(lengths),
             "slots": batch["input_ids"].numel(),
             "longest": max(lengths),
         }
-
-
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 def _sides(folder: Path, size: str, device: str, vision_path: str, language_path: str) -> list[lockstep.Side]:
@@ -172,9 +166,11 @@ def run(size: str = "tiny", device: str = "cpu") -> list[dict]:
         paths = build_components(Path(directory), size)
         with lockstep.running(_sides(Path(directory), size, device, *paths)) as sides:
             first = {side.name: side.ask({"do": "losses"}) for side in sides}
-            timed = lockstep.alternate(sides, {"do": "step"}, warmup, steps)
+            steps_by_layout = lockstep.alternate(sides, {"do": "step"}, warmup, steps)
     # Per layout, each reply field as a list over the timed steps.
-    padded, packed = ({key: [reply[key] for reply in timed[name]] for key in timed[name][0]} for name in LAYOUTS)
+    padded, packed = (
+        {key: [reply[key] for reply in steps_by_layout[name]] for key in steps_by_layout[name][0]} for name in LAYOUTS
+    )
 
     def throughput(side: dict) -> float:
         return sum(side["tokens"]) / sum(side["seconds"])

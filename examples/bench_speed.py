@@ -120,12 +120,13 @@ def _model_inputs(batch: dict, rows: int = BATCH, labels: bool = False) -> dict:
     return inputs
 
 
-def _timed(function, device: str) -> float:
-    if device == "cuda":
+def timed(function, device: str) -> float:
+    """Seconds `function()` takes, waiting for the GPU's queued work on CUDA."""
+    if device.startswith("cuda"):
         torch.cuda.synchronize()
     start = time.perf_counter()
     function()
-    if device == "cuda":
+    if device.startswith("cuda"):
         torch.cuda.synchronize()
     return time.perf_counter() - start
 
@@ -170,10 +171,8 @@ class Worker:
     def generate(self, rows: int) -> dict:
         settings = dict(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False, use_cache=True)
         settings["pad_token_id"] = self.model.config.text_config.pad_token_id
-        outputs = []
-        seconds = _timed(
-            lambda: outputs.append(self.model.generate(**_model_inputs(self.batch, rows), **settings)), self.device
-        )
+        inputs, outputs = _model_inputs(self.batch, rows), []
+        seconds = timed(lambda: outputs.append(self.model.generate(**inputs, **settings)), self.device)
         return {"seconds": seconds, "tokens": outputs[0][:, -NEW_TOKENS:].tolist()}
 
     def train(self) -> dict:
@@ -183,8 +182,8 @@ class Worker:
             lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=LORA_TARGETS)
             lora = LoraConfig(**lora.to_dict() | {"modules_to_save": [SIDES[self.side]]})
             self.model = get_peft_model(self.model, lora).train()
-            trainable = [p for p in self.model.parameters() if p.requires_grad]
-            self.optimizer = torch.optim.AdamW(trainable, lr=1e-4)
+            self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+            self.optimizer = torch.optim.AdamW(self.trainable, lr=1e-4)
         inputs = _model_inputs(self.batch, labels=True)
 
         def step():
@@ -192,8 +191,8 @@ class Worker:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
 
-        seconds = _timed(step, self.device)
-        return {"seconds": seconds, "trainable": sum(p.numel() for p in self.model.parameters() if p.requires_grad)}
+        seconds = timed(step, self.device)
+        return {"seconds": seconds, "trainable": sum(p.numel() for p in self.trainable)}
 
     def memory(self) -> dict:
         if self.device == "cuda":

@@ -181,11 +181,10 @@ def test_rows_are_laid_end_to_end_for_attention_that_reads_one_row_only(make_mod
     torch.testing.assert_close(flat.loss, model(**packed).loss, rtol=1e-5, atol=1e-5)
 
     # The trainer packs one row, without row padding, for flash attention unless a row length is asked for.
-    language_model = model.language_model
-    assert row_length_for(language_model, None) is None and row_length_for(language_model, 64) == 64
-    language_model.config._attn_implementation = "flash_attention_2"
-    check_packing_support(language_model)
-    assert row_length_for(language_model, None) == sys.maxsize and row_length_for(language_model, 64) == 64
+    assert row_length_for(model, None) is None and row_length_for(model, 64) == 64
+    model.language_model.config._attn_implementation = "flash_attention_2"
+    check_packing_support(model.language_model)
+    assert row_length_for(model, None) == sys.maxsize and row_length_for(model, 64) == 64
 
 
 def test_packing_is_refused_where_samples_could_see_each_other(make_model, tmp_path):

@@ -72,11 +72,11 @@ def pack(
     return batch, [i for group in groups for i in group]
 
 
-def row_length_for(language_model: nn.Module, row_length: int | None) -> int | None:
-    """The row length to pack with: the one asked for, else one row for flash attention (whose cost does not
-    grow with the square of a row, and which reads packing from one row only: no row padding at all), else None
-    (rows of the batch's longest sample)."""
-    if row_length is None and language_model.config._attn_implementation.startswith("flash_attention"):
+def row_length_for(model: nn.Module, row_length: int | None) -> int | None:
+    """The row length to pack with for a VisionBridge `model`: the one asked for, else one row where its attention
+    reads packing from one row only (flash attention, whose cost does not grow with the square of a row: no row
+    padding at all), else None (rows of the batch's longest sample)."""
+    if row_length is None and model._attention_packs_one_row_only():
         return sys.maxsize
     return row_length
 

@@ -109,7 +109,7 @@ class VisionBridgeTrainer(StagedCheckpoints):
                 model_max_length=max_length,
                 on_bad_sample=args.on_bad_sample,
                 packing=args.packing,
-                packing_row_length=row_length_for(unwrap(model).language_model, args.packing_row_length),
+                packing_row_length=row_length_for(unwrap(model), args.packing_row_length),
             )
         if args.packing != getattr(data_collator, "packing", False):
             raise ValueError(
