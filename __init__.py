@@ -6,22 +6,20 @@ needed where visionbridge is not installed.
 
 from typing import TYPE_CHECKING
 
-import transformers
-from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoConfig, AutoProcessor
 
-from .configuration import CONNECTOR_NAMES, VisionBridgeConfig
+from .compat import AUTO_MODEL_CLASSES
+from .configuration import VisionBridgeConfig
 from .modeling import VisionBridgeForConditionalGeneration, from_blip2, from_components, from_llava, load_mm_projector
+from .modeling.connectors import CONNECTOR_NAMES, register_connector
 from .processing import VisionBridgeProcessor, draw_boxes, parse_boxes
 
 if TYPE_CHECKING:
     from .trainer import VisionBridgeTrainer, VisionBridgeTrainingArguments, load_training_data
 
 AutoConfig.register(VisionBridgeConfig.model_type, VisionBridgeConfig, exist_ok=True)
-AutoModelForImageTextToText.register(VisionBridgeConfig, VisionBridgeForConditionalGeneration, exist_ok=True)
-if hasattr(transformers, "AutoModelForVision2Seq"):  # removed in transformers 5
-    transformers.AutoModelForVision2Seq.register(
-        VisionBridgeConfig, VisionBridgeForConditionalGeneration, exist_ok=True
-    )
+for auto_class in AUTO_MODEL_CLASSES:
+    auto_class.register(VisionBridgeConfig, VisionBridgeForConditionalGeneration, exist_ok=True)
 AutoProcessor.register(VisionBridgeConfig, VisionBridgeProcessor, exist_ok=True)
 
 __version__ = "0.1.0"
@@ -55,4 +53,5 @@ __all__ = [
     "load_mm_projector",
     "load_training_data",
     "parse_boxes",
+    "register_connector",
 ]

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from transformers import AutoModelForImageTextToText, AutoProcessor, HfArgumentParser
 
-from ..configuration import CONNECTOR_NAMES
 from ..modeling import from_components
+from ..modeling.connectors import CONNECTOR_NAMES
 from ..modeling.tiny_components import build_tiny_components
 from ..trainer import VisionBridgeTrainer, VisionBridgeTrainingArguments, load_training_data
 from ..trainer.evaluation import evaluate

@@ -1,5 +1,5 @@
 """VisionBridgeConfig and the connector settings."""
 
-from .configuration_visionbridge import CONNECTOR_NAMES, VisionBridgeConfig
+from .configuration_visionbridge import ConnectorConfig, VisionBridgeConfig
 
-__all__ = ["CONNECTOR_NAMES", "VisionBridgeConfig"]
+__all__ = ["ConnectorConfig", "VisionBridgeConfig"]

@@ -15,22 +15,7 @@ from pathlib import Path
 
 import torch
 
-CONNECTORS = ("linear", "mlp2x_gelu", "qformer", "resampler")
-# Query connectors at the tiny components' scale: a 2-layer Q-Former of width 32, a 3x3 resampler grid.
-CONNECTOR_SETTINGS = {
-    "qformer": {
-        "num_query_tokens": 8,
-        "qformer_config": dict(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=64,
-            hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=0.0,
-        ),
-    },
-    "resampler": {"num_query_tokens": 9, "resampler_num_heads": 4},
-}
+CONNECTORS = ("linear", "mlp2x_gelu", "pixel_shuffle", "qformer", "resampler")
 # The tiny size only shows that the section runs; the goal is judged at the full budget.
 BUDGETS = {"tiny": {"steps": 2, "held_out": 8}, "full": {"steps": 2000, "held_out": None}}
 GOAL_CONNECTOR, GOAL_ACCURACY, GOAL_SECONDS = "mlp2x_gelu", 0.95, 300  # seconds of training, wall clock
@@ -39,13 +24,13 @@ GOAL_CONNECTOR, GOAL_ACCURACY, GOAL_SECONDS = "mlp2x_gelu", 0.95, 300  # seconds
 def train_and_score(connector: str, components: tuple[str, str], data: dict, folder: Path, budget: dict, device: str):
     """(held-out accuracy, training wall seconds, training CPU seconds of this process, held-out count)."""
     import visionbridge
+    from visionbridge.modeling.tiny_components import TINY_CONNECTOR_SETTINGS
     from visionbridge.trainer import load_training_data
     from visionbridge.trainer.evaluation import evaluate
 
     torch.manual_seed(0)
-    model, processor = visionbridge.from_components(
-        *components, connector=connector, **CONNECTOR_SETTINGS.get(connector, {})
-    )
+    settings = TINY_CONNECTOR_SETTINGS.get(connector)
+    model, processor = visionbridge.from_components(*components, connector=connector, connector_config=settings)
     args = visionbridge.VisionBridgeTrainingArguments(
         output_dir=str(folder / connector),
         max_steps=budget["steps"],

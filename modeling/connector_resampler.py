@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..compat import normal_
+
 
 @functools.lru_cache(maxsize=8)
 def sincos_2d(grid: int, dim: int) -> torch.Tensor:
@@ -37,8 +39,13 @@ class ResamplerConnector(nn.Module):
     sin-cos positions on queries and keys (the key positions are the query table resized to the feature grid),
     then a projection to the LLM width. The token count is fixed whatever the image resolution.
 
+    Settings: `num_query_tokens` (Qwen-VL: 256; a square number), `hidden_size` of the attention (default: the LLM
+    width) and `num_heads` (default: hidden_size // 128, at least 1).
+
     forward: vision features [N, P, D_vision] (P a square) -> LLM tokens [N, num_queries, D_text]
     """
+
+    settings = {"num_query_tokens": 256, "hidden_size": None, "num_heads": None}
 
     def __init__(
         self, num_queries: int, hidden_size: int, num_heads: int, vision_hidden_size: int, text_hidden_size: int
@@ -51,6 +58,38 @@ class ResamplerConnector(nn.Module):
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(hidden_size, hidden_size) for _ in range(4))
         self.proj = nn.Linear(hidden_size, text_hidden_size)
 
+    @classmethod
+    def from_config(cls, config) -> "ResamplerConnector":
+        settings = config.connector_config
+        return cls(
+            settings.num_query_tokens,
+            settings.hidden_size,
+            settings.num_heads,
+            config.vision_config.hidden_size,
+            config.text_config.hidden_size,
+        )
+
+    @classmethod
+    def complete_settings(cls, settings: dict, config) -> dict:
+        count = settings["num_query_tokens"]
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1 or math.isqrt(count) ** 2 != count:
+            raise ValueError(f"The resampler's num_query_tokens must be a square number >= 1, got {count!r}.")
+        if config.vision_feature_select == "full" and config.num_prefix_tokens:
+            raise ValueError("The resampler places features on a square grid: use vision_feature_select='patch'.")
+        hidden_size = settings["hidden_size"] or config.text_config.hidden_size
+        num_heads = settings["num_heads"] or max(1, hidden_size // 128)
+        if hidden_size % num_heads:
+            raise ValueError(f"The resampler's hidden_size={hidden_size} is not divisible by num_heads={num_heads}.")
+        return {**settings, "hidden_size": hidden_size, "num_heads": num_heads}
+
+    @staticmethod
+    def image_tokens(settings: dict, features: int) -> int:
+        return settings["num_query_tokens"]
+
+    def init_weights(self, std: float) -> None:
+        """The queries are a bare parameter, which the model's initialisation of layers does not reach."""
+        normal_(self.query, std=std)
+
     def _heads(self, x: torch.Tensor) -> torch.Tensor:  # [N, L, E] -> [N, heads, L, E / heads]
         return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
 
@@ -62,7 +101,6 @@ class ResamplerConnector(nn.Module):
         query_positions = sincos_2d(math.isqrt(self.query.shape[0]), self.query.shape[1]).to(self.query)  # [Q, E]
         key_positions = resize_positions(query_positions, grid)  # [P, E]
 
-        features = features.to(self.query.dtype)  # may train in fp32 beside a bf16 tower
         keys = self.ln_kv(self.kv_proj(features))  # [N, P, E]
         queries = self.ln_q(self.query).expand(batch, -1, -1)  # [N, Q, E]
         attended = F.scaled_dot_product_attention(

@@ -4,9 +4,9 @@ from pathlib import Path
 
 from transformers import AutoProcessor, Blip2ForConditionalGeneration
 
+from ..compat import no_init_weights
 from ..configuration.configuration_visionbridge import VisionBridgeConfig
 from ..processing.processing_visionbridge import VisionBridgeProcessor
-from .init_utils import no_init_weights
 from .modeling_visionbridge import VisionBridgeForConditionalGeneration
 
 

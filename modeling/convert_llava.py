@@ -12,9 +12,9 @@ from transformers import (
     PreTrainedModel,
 )
 
+from ..compat import no_init_weights
 from ..configuration.configuration_visionbridge import VisionBridgeConfig
 from ..processing.processing_visionbridge import VisionBridgeProcessor
-from .init_utils import no_init_weights
 from .modeling_visionbridge import VisionBridgeForConditionalGeneration
 
 _SELECT = {"default": "patch", "full": "full"}

@@ -4,9 +4,9 @@ from PIL import Image
 from tokenizers import AddedToken
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
+from ..compat import no_init_weights
 from ..configuration.configuration_visionbridge import VisionBridgeConfig
 from ..processing.processing_visionbridge import VisionBridgeProcessor
-from .init_utils import no_init_weights
 from .modeling_visionbridge import VisionBridgeForConditionalGeneration
 
 
@@ -68,11 +68,11 @@ def from_components(
     # the placeholder count follows the pixels the model will actually see.
     side = image_processor(Image.new("RGB", (64, 64)), return_tensors="pt")["pixel_values"].shape[-1]
     if "image_seq_length" not in config_kwargs:
-        config.image_seq_length = config.derived_image_seq_length(side)
-    elif config.image_seq_length != config.derived_image_seq_length(side):
+        config.image_seq_length = config.image_tokens_at(side)
+    elif config.image_seq_length != config.image_tokens_at(side):
         raise ValueError(
             f"image_seq_length={config.image_seq_length} does not match the image processor's {side} px images, "
-            f"which give {config.derived_image_seq_length(side)} image tokens with the {connector} connector; "
+            f"which give {config.image_tokens_at(side)} image tokens with the {connector} connector; "
             "leave image_seq_length unset to derive it."
         )
     # Building the composite must not re-initialise the pretrained parts; only the new connector is initialised.

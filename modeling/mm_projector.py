@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ..configuration.configuration_visionbridge import mlp_depth
+from .connector_mlp import MLPConnector
 from .modeling_visionbridge import VisionBridgeForConditionalGeneration
 
 _PROJECTOR_KEY = re.compile(r"(?:^|\.)mm_projector\.(?:(\d+)\.)?(weight|bias)$")
@@ -58,7 +58,7 @@ def load_mm_projector(model: VisionBridgeForConditionalGeneration, path: str | P
     """Load LLaVA's pretrained projector (`mm_projector.bin` or `.safetensors`) into `model.connector`, which must
     be the matching `linear` / `mlp{N}x_gelu` connector between encoder and LLM of the same widths."""
     path = Path(path)
-    depth = mlp_depth(model.config.connector)
+    depth = MLPConnector.depth(model.config.connector)
     if depth is None:
         raise ValueError(
             f"A LLaVA mm_projector loads into a linear or mlp{{N}}x_gelu connector, not {model.config.connector!r}."

@@ -6,6 +6,9 @@ class needs is copied next to the weights with its relative imports rewritten to
 Run on files that are already flat (a model loaded with trust_remote_code), the same walk copies them unchanged.
 transformers 4.x copies into its module cache only the files that an entry file imports itself, so every file
 reached must be imported directly by one of the entry files; a deeper chain is refused here, at save time.
+A file may import visionbridge inside a function only (guarded: the package's own save), never at module level.
+Only what loading, forward, generate and chat run is reached this way; this writer and the rest of the saving
+code stay in the installed package.
 """
 
 import inspect
@@ -17,7 +20,7 @@ from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 _RELATIVE_IMPORT = re.compile(r"^(\s*from\s+)(\.+)([\w.]*)(\s+import\b)", re.MULTILINE)
-_PACKAGE_IMPORT = re.compile(r"^\s*(from|import)\s+visionbridge\b", re.MULTILINE)
+_PACKAGE_IMPORT = re.compile(r"^(from|import)\s+visionbridge\b", re.MULTILINE)
 
 AUTO_MAP = {
     "AutoConfig": "configuration_visionbridge.VisionBridgeConfig",
@@ -68,7 +71,9 @@ def flat_sources(classes: list[type]) -> dict[str, str]:
         origin[path.name] = path
         text = path.read_text()
         if _PACKAGE_IMPORT.search(text):
-            raise ValueError(f"{path} imports visionbridge, which is not installed where remote code runs.")
+            raise ValueError(
+                f"{path} imports visionbridge at module level; it is not installed where remote code runs."
+            )
 
         text, targets = _flatten_imports(path, text)
         pending.extend(targets)
@@ -114,3 +119,19 @@ def language_model_sources(language_model: nn.Module) -> tuple[dict[str, str], d
                 raise ValueError(f"The language model's code holds two different files named {Path(path).name}.")
     auto_map = {key: f"{Path(flat_name(inspect.getfile(cls))).stem}.{cls.__name__}" for key, cls in classes.items()}
     return sources, auto_map
+
+
+def connector_sources(cls: type[nn.Module], built_in: bool) -> tuple[dict[str, str], str]:
+    """The code file of the model's connector class `cls`, flat, and the reference ("file.Class") that the config's
+    `connector_config.shipped_class` keeps, so that a saved folder ships the one connector it uses. A connector
+    that is not built in must be one self-contained file (torch and transformers imports only)."""
+    if built_in:
+        return flat_sources([cls]), f"{Path(inspect.getfile(cls)).stem}.{cls.__name__}"
+    path = Path(inspect.getfile(cls))
+    text = path.read_text()
+    if _RELATIVE_IMPORT.search(text) or _PACKAGE_IMPORT.search(text):
+        raise ValueError(
+            f"{path}: a connector saved with the model must be one self-contained file (torch and transformers "
+            "imports only), so that it loads where its package is not installed."
+        )
+    return {path.name: text}, f"{path.stem}.{cls.__name__}"

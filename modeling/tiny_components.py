@@ -21,6 +21,22 @@ from transformers import (
     SiglipVisionConfig,
 )
 
+# Connector settings at the tiny components' scale (`from_components(..., connector=name, connector_config=...)`):
+# a 2-layer Q-Former of width 32 with 8 queries, a 3x3 resampler grid with 4 heads.
+TINY_CONNECTOR_SETTINGS = {
+    "qformer": {
+        "num_query_tokens": 8,
+        "qformer_config": {
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "intermediate_size": 64,
+            "hidden_dropout_prob": 0.0,
+            "attention_probs_dropout_prob": 0.0,
+        },
+    },
+    "resampler": {"num_query_tokens": 9, "num_heads": 4},
+}
 SPECIAL_TOKENS = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
 _CORPUS = [
     "A chat between a curious human and an artificial intelligence assistant.",

@@ -9,17 +9,14 @@ one (an adapter's).
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
-import transformers
 from PIL import Image
 from transformers import BatchFeature, ProcessorMixin
 from transformers.utils import cached_file
 
-from ..configuration.configuration_visionbridge import VisionBridgeConfig
-from ..modeling.atomic_save import staged_folder
-from ..modeling.hub_upload import pop_hub_kwargs, push_folder
-from ..modeling.remote_code import AUTO_MAP, write_remote_code
+from ..compat import PROCESSORS_NAME_ATTRIBUTE_CLASSES
 from .images import pad_to_square, shrink_for_square, stretch_to_square, to_rgb
 
 # LLaVA-1.5's conversation format (Vicuna v1), for language models that bring no chat template of their own.
@@ -59,7 +56,7 @@ def _load_image(image) -> Image.Image:
 
 class VisionBridgeProcessor(ProcessorMixin):
     attributes = ["image_processor", "tokenizer"]
-    if int(transformers.__version__.split(".")[0]) < 5:  # 5.x infers the classes from __init__
+    if PROCESSORS_NAME_ATTRIBUTE_CLASSES:
         image_processor_class = "AutoImageProcessor"
         tokenizer_class = "AutoTokenizer"
 
@@ -99,8 +96,9 @@ class VisionBridgeProcessor(ProcessorMixin):
         chat template writes `bos_token` itself. Training and inference both follow this one rule."""
         return "bos_token" not in self.chat_template
 
-    def bind_config(self, config: VisionBridgeConfig) -> "VisionBridgeProcessor":
-        """Take placeholder count and aspect-ratio policy from the model config; check the image token agrees."""
+    def bind_config(self, config) -> "VisionBridgeProcessor":
+        """Take placeholder count and aspect-ratio policy from the model config (a `VisionBridgeConfig`, or the
+        values of its config.json); check the image token agrees."""
         if self.image_token_id != config.image_token_id:
             raise ValueError(
                 f"The tokenizer maps {self.image_token!r} to id {self.image_token_id}, "
@@ -129,10 +127,8 @@ class VisionBridgeProcessor(ProcessorMixin):
         found = cached_file(
             pretrained_model_name_or_path, "config.json", _raise_exceptions_for_missing_entries=False, **hub_kwargs
         )
-        if found is not None:
-            return processor.bind_config(
-                VisionBridgeConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
-            )
+        if found is not None:  # read as JSON: the model config's classes (connectors, ...) are not needed here
+            return processor.bind_config(SimpleNamespace(**json.loads(Path(found).read_text())))
         if processor.image_seq_length is None:
             raise ValueError(
                 f"{pretrained_model_name_or_path} has no model config.json and its processor_config.json no "
@@ -244,46 +240,12 @@ class VisionBridgeProcessor(ProcessorMixin):
     def decode(self, *args, **kwargs) -> str:
         return self.tokenizer.decode(*args, **kwargs)
 
-    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
-        """Save the processor so that both transformers lines load it, with the flat remote code; with
-        push_to_hub, upload the folder once it is complete."""
-        hub_kwargs = pop_hub_kwargs(kwargs)
-        # Written beside the folder and moved in once complete, processor_config.json last.
-        with staged_folder(save_directory, last=("processor_config.json",)) as directory:
-            written = super().save_pretrained(directory, **kwargs)
-            # transformers 5 folds the image processor into processor_config.json; 4.x reads preprocessor_config.json.
-            if not (directory / "preprocessor_config.json").exists():
-                self.image_processor.save_pretrained(directory)
-            binding = {
-                "image_seq_length": self.image_seq_length,
-                "image_aspect_ratio": self.image_aspect_ratio,
-                "image_start_token": self.image_start_token,
-                "image_end_token": self.image_end_token,
-            }
-            _rewrite_json(
-                directory / "processor_config.json", lambda data: {**_processor_config_for_both_lines(data), **binding}
-            )
-            _rewrite_json(directory / "tokenizer_config.json", _tokenizer_config_for_both_lines)
-            write_remote_code([type(self)], directory)
-        if push_to_hub:
-            push_folder(save_directory, **hub_kwargs)
-        return [str(Path(save_directory, Path(path).name)) for path in written]
-
-
-def _rewrite_json(path: Path, edit) -> None:
-    data = json.loads(path.read_text()) if path.exists() else {}
-    path.write_text(json.dumps(edit(data), indent=2, sort_keys=True) + "\n")
-
-
-def _processor_config_for_both_lines(data: dict) -> dict:
-    data = {key: value for key, value in data.items() if key not in VisionBridgeProcessor.attributes}
-    data["processor_class"] = VisionBridgeProcessor.__name__
-    data["auto_map"] = {"AutoProcessor": AUTO_MAP["AutoProcessor"]}
-    return data
-
-
-def _tokenizer_config_for_both_lines(data: dict) -> dict:
-    # transformers 5 names a generic fast tokenizer "TokenizersBackend", a class 4.x does not have.
-    if data.get("tokenizer_class") == "TokenizersBackend":
-        data["tokenizer_class"] = "PreTrainedTokenizerFast"
-    return data
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """With visionbridge installed, the folder is written whole, loadable on both transformers lines, with the
+        flat remote code, and uploaded once complete under push_to_hub. Run as a saved folder's remote code without
+        visionbridge, transformers' own save."""
+        try:
+            from visionbridge.processing.saving import save_processor
+        except ImportError:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        return save_processor(self, save_directory, *args, **kwargs)

@@ -9,7 +9,7 @@ from PIL import Image
 from sklearn.datasets import load_sample_images
 
 import visionbridge
-from visionbridge.modeling.tiny_components import build_tiny_components
+from visionbridge.modeling.tiny_components import TINY_CONNECTOR_SETTINGS, build_tiny_components
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(2)
@@ -30,30 +30,13 @@ def components(tmp_path_factory):
     return get
 
 
-# Query connectors at test size: a 2-layer Q-Former of width 32, a 3x3 resampler grid.
-TINY_CONNECTOR_SETTINGS = {
-    "qformer": {
-        "num_query_tokens": 8,
-        "qformer_config": {
-            "hidden_size": 32,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "intermediate_size": 64,
-            "hidden_dropout_prob": 0.0,
-            "attention_probs_dropout_prob": 0.0,
-        },
-    },
-    "resampler": {"num_query_tokens": 9, "resampler_num_heads": 4},
-}
-
-
 @pytest.fixture(scope="session")
 def make_model(components):
     """make_model(vision, language, connector, **config) -> (model, processor) in eval mode, seeded."""
 
     def make(vision="clip", language="llama", connector="mlp2x_gelu", **kwargs):
         torch.manual_seed(0)
-        kwargs = {**TINY_CONNECTOR_SETTINGS.get(connector, {}), **kwargs}
+        kwargs = {"connector_config": TINY_CONNECTOR_SETTINGS.get(connector), **kwargs}
         model, processor = visionbridge.from_components(*components(vision, language), connector=connector, **kwargs)
         return model.eval(), processor
 

@@ -70,8 +70,12 @@ def main(folder: str, image_path: str, out: str) -> None:
     for loader in loaders:
         model = loader.from_pretrained(folder, trust_remote_code=True).eval()
         assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
-        state = model.canonical_state_dict()
-        differing = [key for key, tensor in saved.items() if not torch.equal(state[key], tensor)]
+        state = model.state_dict()
+        # The file keeps the nested vision-tower keys; transformers 5 flattens them for CLIP and SigLIP towers.
+        flat = {key: key.replace("vision_tower.vision_model.", "vision_tower.", 1) for key in saved}
+        differing = [
+            key for key, tensor in saved.items() if not torch.equal(state.get(key, state.get(flat[key])), tensor)
+        ]
         with torch.no_grad():
             logits = model(**inputs).logits
         tokens = model.generate(**inputs, max_new_tokens=8, min_new_tokens=8, do_sample=False)

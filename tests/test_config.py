@@ -58,7 +58,9 @@ def test_unknown_connector_lists_the_valid_ones():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"connector": "linear", "num_query_tokens": 8}, "has no queries"),
+        ({"connector": "linear", "num_query_tokens": 8}, r"linear connector has no setting num_query_tokens .*none"),
+        ({"connector": "resampler", "qformer_config": {}}, r"resampler connector has no setting qformer_config"),
+        ({"connector_config": {"scale": 2}, "connector": "pixel_shuffle"}, r"no setting scale .*scale_factor"),
         ({"vision_feature_select": "cls"}, "vision_feature_select"),
         ({"image_aspect_ratio": "crop"}, "image_aspect_ratio"),
     ],

@@ -1,10 +1,13 @@
+import json
+
 import pytest
 import torch
 from PIL import Image
+from transformers import AutoModelForImageTextToText
 
 from visionbridge.modeling.connector_resampler import resize_positions, sincos_2d
 
-CONNECTORS = ["linear", "mlp2x_gelu", "qformer", "resampler"]
+CONNECTORS = ["linear", "mlp2x_gelu", "pixel_shuffle", "qformer", "resampler"]
 
 
 def _batch(processor, model):
@@ -44,9 +47,10 @@ def test_every_connector_trains(make_model, connector):
 @pytest.mark.parametrize("connector", ["qformer", "resampler"])
 def test_query_connectors_take_num_query_tokens_placeholders(make_model, connector):
     model, processor = make_model("clip", "llama", connector)
-    assert model.config.image_seq_length == model.config.num_query_tokens == processor.image_seq_length
+    count = model.config.connector_config.num_query_tokens
+    assert model.config.image_seq_length == count == processor.image_seq_length
     inputs = processor(images=Image.new("RGB", (40, 30)), text="<image> hi")
-    assert (inputs["input_ids"] == model.config.image_token_id).sum() == model.config.num_query_tokens
+    assert (inputs["input_ids"] == model.config.image_token_id).sum() == count
     with torch.no_grad():
         assert model(**inputs).logits.shape[1] == inputs["input_ids"].shape[1]
 
@@ -80,7 +84,8 @@ def test_qformer_settings_are_checked_against_the_encoder():
     config = VisionBridgeConfig(
         vision, LlamaConfig(), connector="qformer", qformer_config={"hidden_size": 64, "num_attention_heads": 4}
     )
-    assert config.qformer_config.encoder_hidden_size == 32 and config.qformer_config.hidden_size == 64
+    qformer = config.connector_config.qformer_config
+    assert qformer.encoder_hidden_size == 32 and qformer.hidden_size == 64
     assert config.image_seq_length == 32
     with pytest.raises(ValueError, match="encoder_hidden_size=48 must equal the vision encoder's hidden_size=32"):
         VisionBridgeConfig(vision, LlamaConfig(), connector="qformer", qformer_config={"encoder_hidden_size": 48})
@@ -88,3 +93,29 @@ def test_qformer_settings_are_checked_against_the_encoder():
         VisionBridgeConfig(vision, LlamaConfig(), connector="resampler", num_query_tokens=10)
     with pytest.raises(ValueError, match="square grid"):
         VisionBridgeConfig(vision, LlamaConfig(), connector="resampler", vision_feature_select="full")
+
+
+# How folders saved before connector_config held a connector's settings: top-level keys of config.json.
+FLAT_KEYS = {
+    "qformer": {"num_query_tokens": "num_query_tokens", "qformer_config": "qformer_config"},
+    "resampler": {"num_query_tokens": "num_query_tokens", "resampler_hidden_size": "hidden_size"},
+    "mlp2x_gelu": {},
+}
+
+
+@pytest.mark.parametrize("connector", sorted(FLAT_KEYS))
+def test_a_folder_saved_with_top_level_connector_settings_still_loads(make_model, photos, tmp_path, connector):
+    model, processor = make_model("clip", "llama", connector)
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    settings = config.pop("connector_config")
+    config.update({key: settings[setting] for key, setting in FLAT_KEYS[connector].items()})
+    if connector == "resampler":
+        config["resampler_num_heads"] = settings["num_heads"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+
+    loaded = AutoModelForImageTextToText.from_pretrained(tmp_path).eval()
+    assert loaded.config.image_seq_length == model.config.image_seq_length
+    inputs = processor(images=photos[0], text="<image> what is it?")
+    with torch.no_grad():
+        assert torch.equal(loaded(**inputs).logits, model(**inputs).logits)

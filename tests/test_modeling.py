@@ -139,7 +139,9 @@ def test_loaded_tensors_equal_the_saved_ones(make_model, tmp_path, connector):
     model, _ = make_model("siglip", "qwen2", connector)
     model.save_pretrained(tmp_path)
     saved = load_file(tmp_path / "model.safetensors")
-    loaded = VisionBridgeForConditionalGeneration.from_pretrained(tmp_path).canonical_state_dict()
+    from visionbridge.modeling.saving import canonical_state_dict
+
+    loaded = canonical_state_dict(VisionBridgeForConditionalGeneration.from_pretrained(tmp_path))
     assert saved and set(saved) <= set(loaded)
     for key, tensor in saved.items():
         assert torch.equal(loaded[key], tensor), key
@@ -212,14 +214,21 @@ def test_a_new_image_over_a_reused_cache_is_encoded(make_model):
         model(input_ids=second["input_ids"])
 
 
-def test_connector_follows_the_language_model_dtype(make_model, tmp_path):
-    model, _ = make_model(dtype=torch.bfloat16)
-    assert model.connector[0].weight.dtype == torch.bfloat16
+def test_connector_stays_fp32_beside_a_bf16_language_model(make_model, tmp_path):
+    model, processor = make_model(dtype=torch.bfloat16, mm_use_im_start_end=True)
+    fp32_parts = [*model.connector.parameters(), *model.image_boundary.parameters()]
+    assert model.language_model.dtype == model.vision_tower.dtype == torch.bfloat16
+    assert {parameter.dtype for parameter in fp32_parts} == {torch.float32}
+    inputs = processor(images=_images(1), text="<image> what?")
+    with torch.no_grad():
+        assert model(**inputs).logits.dtype == torch.bfloat16
     model.save_pretrained(tmp_path)
-    from safetensors import safe_open
-
-    with safe_open(tmp_path / "model.safetensors", "pt") as saved:
-        assert saved.get_tensor("connector.0.weight").dtype == torch.bfloat16
+    loaded = VisionBridgeForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert loaded.language_model.dtype == torch.bfloat16
+    assert {parameter.dtype for parameter in [*loaded.connector.parameters(), *loaded.image_boundary.parameters()]} == {
+        torch.float32
+    }
+    assert torch.equal(loaded.connector[0].weight, model.connector[0].weight)
 
 
 def test_a_custom_image_token(components):

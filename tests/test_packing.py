@@ -160,31 +160,31 @@ def test_trainer_trains_with_packing(make_model, digit_samples, samples, tmp_pat
     assert all(torch.isfinite(torch.tensor(entry["loss"])) for entry in logged)
 
 
-def test_rows_are_laid_end_to_end_for_attention_that_reads_one_row_only(make_model, samples, monkeypatch):
-    """Flash attention finds packed samples in one row only; the model flattens the rows for it. Checked with
-    sdpa, which reads packing from the positions either way, so both layouts must give the same logits."""
+def test_flash_attention_gets_one_packed_row(make_model, samples):
+    """Flash attention finds packed samples in a batch of one row only: the trainer packs one row, without row
+    padding, for it (a row length does not apply there), and the model refuses several rows under it."""
     model, processor = make_model()
+    language_model = model.language_model
+    assert row_length_for(language_model, None) is None and row_length_for(language_model, 64) == 64
     packed = VisionBridgeCollator(processor, packing=True)(samples)
-    rows_logits = _forward(model, packed)
-    seen = []
-    model.language_model.register_forward_pre_hook(
-        lambda module, args, kwargs: seen.append(kwargs["inputs_embeds"].shape[:2]), with_kwargs=True
-    )
-    monkeypatch.setattr(type(model), "_attention_packs_one_row_only", lambda self: True)
-    flat = model(**packed)
-    rows, length = packed["input_ids"].shape
-    assert rows == 3 and seen == [(1, rows * length)]
-    torch.testing.assert_close(flat.logits, rows_logits, rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match="logits_to_keep would keep the last row's logits only"):
-        model(**packed, logits_to_keep=1)
-    monkeypatch.undo()
-    torch.testing.assert_close(flat.loss, model(**packed).loss, rtol=1e-5, atol=1e-5)
+    one_row = VisionBridgeCollator(processor, packing=True, packing_row_length=sys.maxsize)(samples)
+    assert packed["input_ids"].shape[0] == 3 and one_row["input_ids"].shape[0] == 1
+    assert (one_row["input_ids"] != processor.tokenizer.pad_token_id).all()
+    one_row_losses = per_sample_losses(_forward(model, one_row), one_row["labels"], one_row["position_ids"])
+    rows_losses = per_sample_losses(_forward(model, packed), packed["labels"], packed["position_ids"])
+    # The layouts order the samples differently; each sample's loss is its own.
+    torch.testing.assert_close(one_row_losses.sort().values, rows_losses.sort().values, rtol=1e-5, atol=1e-5)
 
-    # The trainer packs one row, without row padding, for flash attention unless a row length is asked for.
-    assert row_length_for(model, None) is None and row_length_for(model, 64) == 64
-    model.language_model.config._attn_implementation = "flash_attention_2"
-    check_packing_support(model.language_model)
-    assert row_length_for(model, None) == sys.maxsize and row_length_for(model, 64) == 64
+    language_model.config._attn_implementation = "flash_attention_2"
+    try:
+        check_packing_support(language_model)
+        assert row_length_for(language_model, None) == sys.maxsize
+        with pytest.raises(ValueError, match="packing_row_length=64 does not apply under flash_attention_2"):
+            row_length_for(language_model, 64)
+        with pytest.raises(ValueError, match="finds packed samples in a batch of one row only, and this one has 3"):
+            model(**packed)
+    finally:
+        language_model.config._attn_implementation = "sdpa"
 
 
 def test_packing_is_refused_where_samples_could_see_each_other(make_model, tmp_path):

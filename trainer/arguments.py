@@ -4,11 +4,10 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from ..compat import CHECKPOINTING_IS_REENTRANT_BY_DEFAULT, TRAINING_ARGUMENTS_HAVE_WARMUP_RATIO
 from .bad_samples import ON_BAD_SAMPLE
 
 STAGES = ("align", "instruct", "full")
-_REENTRANT_BY_DEFAULT = "activation_checkpointing_kwargs" not in TrainingArguments.__dataclass_fields__
-_HAS_WARMUP_RATIO = "warmup_ratio" in TrainingArguments.__dataclass_fields__
 
 
 @dataclass
@@ -82,8 +81,7 @@ class VisionBridgeTrainingArguments(TrainingArguments):
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: samples are chat records that only the collator reads."}
     )
-    if not _HAS_WARMUP_RATIO:
-        # transformers 5 folded warmup_ratio into a fractional warmup_steps; LLaVA's scripts still pass it.
+    if not TRAINING_ARGUMENTS_HAVE_WARMUP_RATIO:  # LLaVA's scripts still pass it
         warmup_ratio: float | None = field(
             default=None, metadata={"help": "Share of the training steps spent warming up (sets warmup_steps)."}
         )
@@ -113,7 +111,7 @@ class VisionBridgeTrainingArguments(TrainingArguments):
                 "stage='full' with lora_vision would save only an adapter and lose the trained LLM weights: "
                 "train the tower with freeze_vision_tower=False instead."
             )
-        if not _HAS_WARMUP_RATIO and self.warmup_ratio is not None:
+        if not TRAINING_ARGUMENTS_HAVE_WARMUP_RATIO and self.warmup_ratio is not None:
             if not 0 <= self.warmup_ratio < 1:
                 raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}.")
             if self.warmup_steps:
@@ -122,8 +120,8 @@ class VisionBridgeTrainingArguments(TrainingArguments):
         if self.use_qlora and self.stage != "instruct":
             raise ValueError("use_qlora trains LoRA over a frozen 4-bit LLM: it needs stage='instruct'.")
         # Reentrant checkpointing fails on a text-only batch: behind frozen embeddings no input of the checkpointed
-        # layers requires grad. transformers 5 (which renamed the field) already defaults to non-reentrant.
-        if _REENTRANT_BY_DEFAULT and self.gradient_checkpointing_kwargs is None:
+        # layers requires grad.
+        if CHECKPOINTING_IS_REENTRANT_BY_DEFAULT and self.gradient_checkpointing_kwargs is None:
             self.gradient_checkpointing_kwargs = {"use_reentrant": False}
         super().__post_init__()
 

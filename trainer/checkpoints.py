@@ -14,6 +14,8 @@ from pathlib import Path
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from ..compat import TRAINER_ROTATES_IN_A_METHOD
+
 TRAINER_STATE_NAME = "trainer_state.json"
 
 
@@ -51,7 +53,7 @@ class StagedCheckpoints(Trainer):
         self.accelerator.wait_for_everyone()
 
     def _rotate_run_dir(self, run_dir: Path) -> None:
-        if hasattr(self, "_rotate_checkpoints"):  # transformers 4.x
+        if TRAINER_ROTATES_IN_A_METHOD:
             self._rotate_checkpoints(use_mtime=False, output_dir=str(run_dir))
             return
         from transformers.trainer_utils import rotate_checkpoints

@@ -6,6 +6,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
 from ..modeling.modeling_visionbridge import VisionBridgeForConditionalGeneration
+from ..modeling.vision_features import encoder_blocks
 from .arguments import VisionBridgeTrainingArguments
 
 PARTS = ("connector", "language_model", "vision_tower")
@@ -38,18 +39,13 @@ def _linear_leaf_names(module: nn.Module, skip: nn.Module | None) -> list[str]:
 
 def unused_vision_modules(model: VisionBridgeForConditionalGeneration) -> list[str]:
     """Modules of the vision tower whose output never reaches the features: with a hidden layer read
-    (LLaVA's -2), the encoder layers after it, the final norm and the pooling head. They stay frozen."""
-    layer = model.config.vision_feature_layer
-    if layer is None:
+    (LLaVA's -2), the encoder blocks after it, the final norm and the pooling head. They stay frozen."""
+    layer, found = model.config.vision_feature_layer, encoder_blocks(model.vision_tower)
+    if layer is None or found is None:
         return []
-    blocks = [
-        (name, int(match.group(1)))
-        for name, _ in model.vision_tower.named_modules()
-        if (match := re.search(r"layers?\.(\d+)$", name))
-    ]
-    # hidden_states[i] is the output after i blocks (index 0: the embeddings).
-    blocks_used = layer % (len(blocks) + 1)
-    unused = [name for name, index in blocks if index >= blocks_used]
+    name, blocks = found
+    used = layer % (len(blocks) + 1)  # hidden_states[i] is the output after i blocks (index 0: the embeddings)
+    unused = [f"{name}.{index}" for index in range(used, len(blocks))]
     unused += [
         name for name, _ in model.vision_tower.named_modules() if name.rsplit(".", 1)[-1] in ("post_layernorm", "head")
     ]

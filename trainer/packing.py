@@ -7,8 +7,7 @@ model turns the cache off for such a batch), and a language model that hands `po
 
 Eager and sdpa attention mask a dense square over each row, whose cost grows with the square of the row's length,
 so rows are no longer than the batch's longest sample by default: never a larger square than padding would give,
-and fewer rows. Flash attention reads packing from a single row only: the trainer packs one row for it, and the
-model lays any rows end to end for it.
+and fewer rows. Flash attention reads packing from a single row only: the trainer packs one row for it.
 """
 
 import sys
@@ -16,6 +15,8 @@ import sys
 import torch
 import transformers
 from torch import nn
+
+from ..compat import PACKED_MASK_NEEDS_TORCH_2_6
 
 IGNORE_INDEX = -100
 
@@ -72,13 +73,19 @@ def pack(
     return batch, [i for group in groups for i in group]
 
 
-def row_length_for(model: nn.Module, row_length: int | None) -> int | None:
-    """The row length to pack with for a VisionBridge `model`: the one asked for, else one row where its attention
-    reads packing from one row only (flash attention, whose cost does not grow with the square of a row: no row
-    padding at all), else None (rows of the batch's longest sample)."""
-    if row_length is None and model._attention_packs_one_row_only():
-        return sys.maxsize
-    return row_length
+def row_length_for(language_model: nn.Module, row_length: int | None) -> int | None:
+    """The row length to pack with: one row under flash attention, which finds packed samples in a batch of one
+    row only and whose cost does not grow with the square of a row (no row padding at all); else the length asked
+    for, or None (rows of the batch's longest sample)."""
+    attention = language_model.config._attn_implementation
+    if not attention.startswith("flash_attention"):
+        return row_length
+    if row_length is not None:
+        raise ValueError(
+            f"packing_row_length={row_length} does not apply under {attention}, which reads packed samples from one "
+            "row only: the batch's samples are packed into one row. Leave packing_row_length unset."
+        )
+    return sys.maxsize
 
 
 def check_packing_support(language_model: nn.Module) -> None:
@@ -96,9 +103,8 @@ def check_packing_support(language_model: nn.Module) -> None:
             f"packing is not supported with attn_implementation={attention!r}; "
             f"use one of {', '.join(PACKING_ATTENTION)}."
         )
-    # transformers 4.x builds the packed mask for eager/sdpa/flex only on torch >= 2.6, and skips it silently below.
     old_torch = tuple(int(part) for part in torch.__version__.split(".")[:2]) < (2, 6)
-    if transformers.__version__.startswith("4.") and old_torch and not attention.startswith("flash_attention"):
+    if PACKED_MASK_NEEDS_TORCH_2_6 and old_torch and not attention.startswith("flash_attention"):
         raise ValueError(
             f"packing with attn_implementation={attention!r} on transformers {transformers.__version__} needs "
             f"torch >= 2.6 (found {torch.__version__}); upgrade torch or use flash_attention_2."

@@ -91,10 +91,6 @@ class VisionBridgeTrainer(StagedCheckpoints):
 
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.gradient_checkpointing)
         model = prepare_model(model, args)
-        # Trainable connector weights stay fp32 whatever the LLM's dtype; autocast handles the matmuls.
-        for name, parameter in model.named_parameters():
-            if parameter.requires_grad and part_of(name) == "connector":
-                parameter.data = parameter.data.float()
         processor = kwargs.get("processing_class")
         dataset = kwargs.get("train_dataset")
         if isinstance(dataset, VisionBridgeDataset) and not dataset.image_seq_length and processor is not None:
@@ -109,7 +105,7 @@ class VisionBridgeTrainer(StagedCheckpoints):
                 model_max_length=max_length,
                 on_bad_sample=args.on_bad_sample,
                 packing=args.packing,
-                packing_row_length=row_length_for(unwrap(model), args.packing_row_length),
+                packing_row_length=row_length_for(unwrap(model).language_model, args.packing_row_length),
             )
         if args.packing != getattr(data_collator, "packing", False):
             raise ValueError(
@@ -122,6 +118,7 @@ class VisionBridgeTrainer(StagedCheckpoints):
         super().__init__(model=model, args=args, data_collator=data_collator, **kwargs)
         self.gradient_check = GradientCheck(enabled=not (self.is_deepspeed_enabled or self.is_fsdp_enabled))
         self.add_callback(self.gradient_check)
+        # Counted on the device, and read only when logged: reading them every step would wait for the device.
         self._supervised_tokens = self._total_tokens = 0
         self._skipped, self._skipped_reasons = 0, []  # samples skipped under on_bad_sample="skip"; the first reasons
 
@@ -206,8 +203,8 @@ class VisionBridgeTrainer(StagedCheckpoints):
         return self.optimizer
 
     def log(self, logs: dict, *args, **kwargs) -> None:
-        if "loss" in logs and self._total_tokens:
-            logs["supervised_share"] = round(self._supervised_tokens / self._total_tokens, 4)
+        if "loss" in logs and int(self._total_tokens):
+            logs["supervised_share"] = round(float(self._supervised_tokens / self._total_tokens), 4)
         super().log(logs, *args, **kwargs)
 
     def train(self, *args, **kwargs):
@@ -236,10 +233,10 @@ class VisionBridgeTrainer(StagedCheckpoints):
         self._skipped += len(skipped)
         self._skipped_reasons += skipped[: 5 - len(self._skipped_reasons)]
         if "labels" in inputs:
-            self._supervised_tokens += int((inputs["labels"] != -100).sum())
+            self._supervised_tokens += (inputs["labels"] != -100).sum()
             # A packed batch has no attention mask; its tokens are real but for the row ends of several rows.
             mask = inputs.get("attention_mask")
-            self._total_tokens += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
+            self._total_tokens += mask.sum() if mask is not None else inputs["input_ids"].numel()
         self.gradient_check.saw_images |= inputs.get("pixel_values") is not None
         loss = super().training_step(model, inputs, *args, **kwargs)
         # Reading the loss forces a device sync, so it is checked on logging steps only (and on the first).
