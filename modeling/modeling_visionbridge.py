@@ -24,6 +24,7 @@ from ..configuration.checkpoint_code import code_from, connector_class, resolved
 from ..configuration.configuration_visionbridge import VisionBridgeConfig
 from .chat import chat as _chat
 from .image_boundary import ImageBoundary
+from .labelled_loss import head_reproduces_the_logits, labelled_loss
 from .load_checks import check_connector_loaded, check_loaded_state_dict
 from .quantization import with_unquantized_parts
 from .vision_features import hidden_layer
@@ -89,6 +90,7 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
         if self.image_boundary is not None:  # transformers 4.x refuses a name the model does not hold
             self._keep_in_fp32_modules_strict = [*self._keep_in_fp32_modules_strict, "image_boundary"]
         self._lm_keeps_logits = "logits_to_keep" in inspect.signature(self.language_model.forward).parameters
+        self._head_reproduces_the_logits = None  # checked at the first loss_at_labels
         # Weights come back in the layout save_pretrained writes; an adapter or checkpoint made for another base fails
         # with one clear message, not a page of size mismatches.
         self.register_load_state_dict_pre_hook(_read_saved_vision_layout)
@@ -203,12 +205,14 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        loss_only: bool = False,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """input_ids [B, T] with `image_seq_length` placeholders per image, pixel_values [N, 3, H, W] for the N
         images of the batch in reading order (any number per sample, none included), labels [B, T] -> logits
         [B, T, V] and the LM loss. A packed batch (samples end to end, see trainer/packing.py) has position_ids
-        restarting at each sample and no attention_mask."""
+        restarting at each sample and no attention_mask. With `loss_only` and labels, only the loss is computed,
+        from the labelled positions alone (see labelled_loss.py), and `logits` is None."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
         if inputs_embeds is None:
@@ -225,16 +229,29 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
             # Packed samples are kept apart by their restarting position_ids only while no KV cache is being built.
             kwargs.setdefault("use_cache", False)
             self._check_packed_rows(position_ids)
-        if logits_to_keep and self._lm_keeps_logits:
-            kwargs["logits_to_keep"] = logits_to_keep
-        return self.language_model(
+        lm_inputs = dict(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
             past_key_values=past_key_values,
-            labels=labels,
             **kwargs,
         )
+        if loss_only and labels is not None:
+            return self.loss_at_labels(labels, **lm_inputs)
+        if logits_to_keep and self._lm_keeps_logits:
+            lm_inputs["logits_to_keep"] = logits_to_keep
+        return self.language_model(labels=labels, **lm_inputs)
+
+    def loss_at_labels(self, labels: torch.Tensor, num_items_in_batch=None, **lm_inputs) -> CausalLMOutputWithPast:
+        """The LM loss from the positions whose next token is labelled, its head run on those alone; `logits` is
+        None. An LM whose logits `labelled_loss.head_logits` does not reproduce (checked once, on the first batch)
+        computes its full logits and its own loss instead."""
+        if self._head_reproduces_the_logits is None:
+            self._head_reproduces_the_logits = head_reproduces_the_logits(self.language_model, lm_inputs)
+        if not self._head_reproduces_the_logits:
+            return self.language_model(labels=labels, num_items_in_batch=num_items_in_batch, **lm_inputs)
+        hidden = self.language_model.base_model(**{**lm_inputs, "use_cache": False}).last_hidden_state  # [B, T, D]
+        return CausalLMOutputWithPast(loss=labelled_loss(self.language_model, hidden, labels, num_items_in_batch))
 
     def _check_packed_rows(self, position_ids: torch.Tensor) -> None:
         attention = self.language_model.config._attn_implementation

@@ -45,7 +45,7 @@ def test_benchmark_smoke_run_at_tiny_size(tmp_path):
     assert loss_gap["met"] is True and loss_gap["ours"] < 1e-3  # packed and padded gave the same per-sample losses
 
     quality = {row["metric"].rsplit(", ", 1)[1]: row for row in rows if row["section"] == "quality"}
-    assert sorted(quality) == ["linear", "mlp2x_gelu", "qformer", "resampler"]
+    assert sorted(quality) == ["linear", "mlp2x_gelu", "pixel_shuffle", "qformer", "resampler"]
     assert all(0 <= row["ours"] <= 1 and row["met"] is None for row in quality.values())  # not judged at tiny size
 
     table = run.stdout.splitlines()

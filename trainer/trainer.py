@@ -223,9 +223,13 @@ class VisionBridgeTrainer(StagedCheckpoints):
         output.metrics["skipped_samples"] = skipped
         return output
 
-    def compute_loss(self, model: nn.Module, inputs: dict, *args, **kwargs):
+    def compute_loss(self, model: nn.Module, inputs: dict, return_outputs: bool = False, **kwargs):
+        """The Trainer's loss; where only the loss is needed (a training step, without label smoothing or a custom
+        loss function), the model computes the LM head at labelled positions only (`loss_only`)."""
         inputs.pop(SKIPPED, None)  # evaluation batches; training_step has counted those of training
-        return super().compute_loss(model, inputs, *args, **kwargs)
+        if not return_outputs and self.label_smoother is None and self.compute_loss_func is None and "labels" in inputs:
+            inputs = {**inputs, "loss_only": True}
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)
 
     def training_step(self, model: nn.Module, inputs: dict, *args, **kwargs) -> torch.Tensor:
         # Counted here rather than in the collator, whose counters stay inside dataloader worker processes.

@@ -5,7 +5,7 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from .configuration_tinygpt import TinyGPTConfig
 
@@ -36,6 +36,40 @@ class TinyGPTBlock(nn.Module):
         return hidden + self.mlp.c_proj(self.mlp.w1(normed) * F.silu(self.mlp.w2(normed)))
 
 
+class TinyGPTModel(PreTrainedModel):
+    """The body: embeddings, blocks and the final norm (InternLM2 keeps its own the same way, apart from its head)."""
+
+    config_class = TinyGPTConfig
+
+    def __init__(self, config: TinyGPTConfig):
+        super().__init__(config)
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.n_positions, config.n_embd)
+        self.h = nn.ModuleList(TinyGPTBlock(config, index) for index in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd)
+
+    def forward(
+        self, inputs_embeds, attention_mask=None, position_ids=None, past_key_values=None, use_cache=None, **kwargs
+    ):
+        batch, length, _ = inputs_embeds.shape
+        if use_cache and not isinstance(past_key_values, Cache):
+            past_key_values = DynamicCache()
+        past = past_key_values.get_seq_length() if isinstance(past_key_values, Cache) else 0
+        if position_ids is None:
+            position_ids = torch.arange(past, past + length, device=inputs_embeds.device).expand(batch, -1)
+        hidden = inputs_embeds + self.wpe(position_ids)
+        total = past + length
+        mask = torch.ones(length, total, dtype=torch.bool, device=hidden.device).tril(past)[None, None]
+        if attention_mask is not None:
+            mask = mask & attention_mask[:, None, None, :total].bool()
+        # A padding query still attends to itself, so that no row of the softmax is empty.
+        positions = torch.arange(total, device=hidden.device)
+        mask = mask | (positions[None, :] == positions[past:, None])[None, None]
+        for block in self.h:
+            hidden = block(hidden, mask, past_key_values)
+        return BaseModelOutputWithPast(last_hidden_state=self.ln_f(hidden), past_key_values=past_key_values)
+
+
 class TinyGPTForCausalLM(PreTrainedModel, GenerationMixin):
     config_class = TinyGPTConfig
     base_model_prefix = "transformer"
@@ -43,11 +77,7 @@ class TinyGPTForCausalLM(PreTrainedModel, GenerationMixin):
 
     def __init__(self, config: TinyGPTConfig):
         super().__init__(config)
-        self.transformer = nn.Module()
-        self.transformer.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.transformer.wpe = nn.Embedding(config.n_positions, config.n_embd)
-        self.transformer.h = nn.ModuleList(TinyGPTBlock(config, index) for index in range(config.n_layer))
-        self.transformer.ln_f = nn.LayerNorm(config.n_embd)
+        self.transformer = TinyGPTModel(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.post_init()
 
@@ -82,24 +112,9 @@ class TinyGPTForCausalLM(PreTrainedModel, GenerationMixin):
     ):
         if inputs_embeds is None:
             inputs_embeds = self.transformer.wte(input_ids)
-        batch, length, _ = inputs_embeds.shape
-        if use_cache and not isinstance(past_key_values, Cache):
-            past_key_values = DynamicCache()
-        past = past_key_values.get_seq_length() if isinstance(past_key_values, Cache) else 0
-        if position_ids is None:
-            position_ids = torch.arange(past, past + length, device=inputs_embeds.device).expand(batch, -1)
-        hidden = inputs_embeds + self.transformer.wpe(position_ids)
-        total = past + length
-        mask = torch.ones(length, total, dtype=torch.bool, device=hidden.device).tril(past)[None, None]
-        if attention_mask is not None:
-            mask = mask & attention_mask[:, None, None, :total].bool()
-        # A padding query still attends to itself, so that no row of the softmax is empty.
-        positions = torch.arange(total, device=hidden.device)
-        mask = mask | (positions[None, :] == positions[past:, None])[None, None]
-        for block in self.transformer.h:
-            hidden = block(hidden, mask, past_key_values)
-        logits = self.lm_head(self.transformer.ln_f(hidden))
+        outputs = self.transformer(inputs_embeds, attention_mask, position_ids, past_key_values, use_cache)
+        logits = self.lm_head(outputs.last_hidden_state)
         loss = None
-        if labels is not None:
+        if labels is not None:  # its own loss: the mean over labelled tokens, computed here
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=past_key_values)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
