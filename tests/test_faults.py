@@ -17,8 +17,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor, Trainer
 from transformers.trainer_utils import get_last_checkpoint
 
-from visionbridge.modeling import modeling_visionbridge
-from visionbridge.processing import processing_visionbridge
+from visionbridge.modeling import saving as model_saving
+from visionbridge.processing import saving as processor_saving
 from visionbridge.trainer import VisionBridgeTrainer, VisionBridgeTrainingArguments
 
 SCRIPT = Path(__file__).with_name("fault_train.py")
@@ -72,7 +72,7 @@ def _fail(*args, **kwargs):
 
 def test_an_interrupted_model_save_leaves_no_folder(make_model, tmp_path, monkeypatch):
     model, _ = make_model()
-    monkeypatch.setattr(modeling_visionbridge, "write_remote_code", _fail)
+    monkeypatch.setattr(model_saving, "write_remote_code", _fail)
     with pytest.raises(OSError, match="disk full"):
         model.save_pretrained(tmp_path / "model")
     assert list(tmp_path.iterdir()) == []
@@ -86,8 +86,8 @@ def test_an_interrupted_save_over_a_model_keeps_the_one_before(make_model, tmp_p
     before = {path.name: path.read_bytes() for path in folder.iterdir()}
     with torch.no_grad():
         model.connector[0].weight.add_(1.0)
-    monkeypatch.setattr(modeling_visionbridge, "write_remote_code", _fail)
-    monkeypatch.setattr(processing_visionbridge, "write_remote_code", _fail)
+    monkeypatch.setattr(model_saving, "write_remote_code", _fail)
+    monkeypatch.setattr(processor_saving, "write_remote_code", _fail)
     with pytest.raises(OSError, match="disk full"):
         model.save_pretrained(folder)
     with pytest.raises(OSError, match="disk full"):
@@ -185,7 +185,7 @@ def test_an_interrupted_adapter_save_leaves_no_folder(make_model, digit_samples,
     trainer = VisionBridgeTrainer(model=model, args=args, train_dataset=digit_samples[:4], processing_class=processor)
     trainer.save_model(str(tmp_path / "adapter"))
     before = {path.name: path.read_bytes() for path in (tmp_path / "adapter").iterdir()}
-    monkeypatch.setattr(processing_visionbridge, "write_remote_code", _fail)
+    monkeypatch.setattr(processor_saving, "write_remote_code", _fail)
     with pytest.raises(OSError, match="disk full"):
         trainer.save_model(str(tmp_path / "other"))
     with pytest.raises(OSError, match="disk full"):

@@ -63,6 +63,7 @@ INFERENCE_FILES = {
     "modeling_visionbridge.py",
     "chat.py",
     "image_boundary.py",
+    "labelled_loss.py",
     "load_checks.py",
     "quantization.py",
     "vision_features.py",
