@@ -105,7 +105,10 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
             if config.mm_use_im_start_end
             else None
         )
-        self._lm_keeps_logits = "logits_to_keep" in inspect.signature(self.language_model.forward).parameters
+        lm_parameters = inspect.signature(self.language_model.forward).parameters
+        self._lm_keeps_logits = "logits_to_keep" in lm_parameters
+        # transformers 5.24 names the KV cache argument `cache`; `past_key_values` is deprecated, removed in 5.40.
+        self._lm_cache_argument = "cache" if "cache" in lm_parameters else "past_key_values"
         if config.connector == "qformer":
             config.qformer_config = self.connector.qformer.config
         # Weights come back in the layout save_pretrained writes; an adapter or checkpoint made for another base fails
@@ -226,6 +229,7 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
         [B, T, V] and the LM loss."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
+        past_key_values = kwargs.pop("cache", past_key_values)  # generate passes `cache` on transformers >= 5.24
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)  # [B, T, D_text]
         if pixel_values is not None:
@@ -264,13 +268,18 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             labels=labels,
+            **{self._lm_cache_argument: past_key_values},
             **kwargs,
         )
         if one_row and getattr(outputs, "logits", None) is not None:
             outputs.logits = outputs.logits.view(*packed_shape, -1)  # [R, L, V]
         return outputs
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        # peft reads this name, which transformers 5 deprecated (warning on each read) for is_activation_checkpointing.
+        return any(getattr(module, "gradient_checkpointing", False) for module in self.modules())
 
     def _attention_packs_one_row_only(self) -> bool:
         return self.language_model.config._attn_implementation.startswith("flash_attention")
@@ -298,7 +307,7 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
         if input_ids is not None:
             feeds_images = bool((input_ids == self.config.image_token_id).any())
         else:
-            cache = model_inputs.get("past_key_values")
+            cache = model_inputs.get("cache", model_inputs.get("past_key_values"))
             feeds_images = not isinstance(cache, Cache) or cache.get_seq_length() == 0
         model_inputs["pixel_values"] = pixel_values if feeds_images else None
         return model_inputs
