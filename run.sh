@@ -21,21 +21,23 @@ pip_install() {  # pip_install VENV_DIR ARGS...: pip's own lines, less the long 
 
 has_gpu() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }
 
-cpu_index_reachable() {  # answers within 5 s, whatever the network does
-    "$1/bin/python" -c "
+cpu_index_reachable() {  # cpu_index_reachable VENV_DIR: an answer within 5 s, whatever the network does
+    "$1/bin/python" - "$CPU_INDEX/torch/" <<'PY'
 import sys, threading, urllib.request
-answer = []
+
+done, reached = threading.Event(), []
+
 def probe():
-    urllib.request.urlopen('$CPU_INDEX/torch/', timeout=5)
-    answer.append(True)
+    try:
+        reached.append(urllib.request.urlopen(sys.argv[1], timeout=5).status == 200)
+    except Exception:
+        pass
+    done.set()
+
 threading.Thread(target=probe, daemon=True).start()
-threading.Event().wait(0)
-for _ in range(50):
-    if answer:
-        break
-    threading.Event().wait(0.1)
-sys.exit(0 if answer else 1)
-" 2>/dev/null
+done.wait(5)
+sys.exit(0 if reached == [True] else 1)
+PY
 }
 
 install_torch() {  # install_torch VENV_DIR
