@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
 TORCH_VERSION=2.13.0
-CPU_INDEX=https://download.pytorch.org/whl/cpu
+CPU_INDEX=${VISIONBRIDGE_TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}  # or a mirror of it
 
 say() { echo "[run.sh] $*"; }
 
@@ -60,10 +60,10 @@ install_torch() {  # install_torch VENV_DIR
 venv() {  # venv DIR TRANSFORMERS_SPEC
     local dir=$1 spec=$2
     if [ ! -f "$dir/.ready" ] || [ pyproject.toml -nt "$dir/.ready" ]; then
-        say "creating $dir (transformers $spec)"
+        say "creating $dir ($spec)"
         "$PYTHON" -m venv "$dir"
         install_torch "$dir"
-        say "installing visionbridge with its test and demo extras, and transformers $spec"
+        say "installing visionbridge with its test and demo extras, and $spec"
         pip_install "$dir" -e ".[test]" "$spec"
         say "$dir is ready: $("$dir/bin/python" -c 'import torch, transformers; print(f"torch {torch.__version__}, transformers {transformers.__version__}")')"
         touch "$dir/.ready"

@@ -11,7 +11,7 @@ LlavaProcessor), which vLLM, SGLang and TGI serve natively. Either way the folde
 and renamed into place at the end.
 """
 
-from .usage import CommandParser, empty_destination, model_source
+from .usage import CommandParser, UsageError, empty_destination, model_source
 
 
 def build_parser() -> CommandParser:
@@ -45,9 +45,13 @@ def main(argv: list[str] | None = None) -> None:
         from .common import load_for_inference
 
         model, processor = load_for_inference(args.source)
+        try:
+            llava, llava_preprocessing = to_llava(model), llava_processor(processor, model.config)
+        except ValueError as error:
+            raise UsageError(f"{args.source} cannot be written as a llava-hf model: {error}") from None
         with staged_folder(destination) as staging:
-            to_llava(model).save_pretrained(staging)
-            llava_processor(processor, model.config).save_pretrained(staging)
+            llava.save_pretrained(staging)
+            llava_preprocessing.save_pretrained(staging)
         print(f"converted VisionBridge model {args.source} -> llava-hf folder {destination}")
         return
     convert = {"llava": from_llava, "blip2": from_blip2}[args.source_format]

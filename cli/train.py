@@ -10,20 +10,20 @@ a LLaMA-shaped LM) learn scikit-learn's handwritten digits, then answer question
 """
 
 import argparse
+import dataclasses
 import json
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..trainer.options import VisionBridgeOptions
-from .usage import OneLineErrors, UsageError, existing_path, model_source, unknown_options
+from .usage import CommandParser, OneLineErrors, UsageError, existing_path, model_source, unknown_options
 
-TRAINER_OPTIONS = (
-    "Every transformers TrainingArguments flag works as well (--learning_rate, --num_train_epochs, "
-    "--per_device_train_batch_size, --gradient_accumulation_steps, --bf16, --save_steps, --report_to, ...): "
-    "'visionbridge train --help-all' lists them after these. A non-empty --output_dir is refused unless "
-    "--resume_from_checkpoint or --overwrite_output_dir is given."
-)
+TRAINER_OPTIONS = """\
+Every transformers TrainingArguments flag works as well (--learning_rate, --num_train_epochs,
+--per_device_train_batch_size, --gradient_accumulation_steps, --bf16, --save_steps, --report_to, ...):
+'visionbridge train --help-all' lists them after these. A non-empty --output_dir is refused unless
+--resume_from_checkpoint or --overwrite_output_dir is given."""
 
 
 @dataclass
@@ -86,18 +86,23 @@ def _parser(dataclass_types: tuple, **kwargs):
     class Parser(OneLineErrors, HfArgumentParser):
         pass
 
-    return Parser(dataclass_types, prog="visionbridge train", **kwargs)
+    return Parser(dataclass_types, prog="visionbridge train", allow_abbrev=False, **kwargs)
 
 
-def options_parser():
-    """visionbridge's own options (model, data, stage, learning rates, LoRA), read without loading the Trainer."""
-    return _parser(
-        (ModelArguments, DataArguments, VisionBridgeOptions),
-        usage="visionbridge train [options]",
-        description=__doc__,
-        epilog=TRAINER_OPTIONS,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def options_parser() -> CommandParser:
+    """visionbridge's own options (model, data, stage, learning rates, LoRA), listed without importing transformers
+    (which takes seconds); the command line itself is parsed by HfArgumentParser (`parse_arguments`)."""
+    parser = CommandParser("visionbridge train", __doc__, usage="visionbridge train [options]", epilog=TRAINER_OPTIONS)
+    for title, options in (("model", ModelArguments), ("data", DataArguments), ("training", VisionBridgeOptions)):
+        group = parser.add_argument_group(f"{title} options")
+        for option in dataclasses.fields(options):
+            group.add_argument(
+                f"--{option.name}",
+                choices=option.metadata.get("choices"),
+                metavar=None if "choices" in option.metadata else option.name.upper(),
+                help=option.metadata["help"] + ("" if option.default is None else f" (default: {option.default})"),
+            )
+    return parser
 
 
 def _full_parser(**kwargs):
@@ -112,12 +117,16 @@ def full_help() -> str:
 
     own = options_parser()
     trainer = _full_parser(usage=argparse.SUPPRESS, add_help=False)
-    shown = {action.dest for action in own._actions}
+    shown = {
+        option.name
+        for options in (ModelArguments, DataArguments, VisionBridgeOptions)
+        for option in dataclasses.fields(options)
+    }
     for action in trainer._actions:
         if action.dest in shown:
             action.help = argparse.SUPPRESS
     title = f"Trainer options (transformers {transformers.__version__} TrainingArguments)"
-    return f"{own.format_help()}\n{title}:\n{trainer.format_help().partition(chr(10))[2]}"
+    return f"{own.format_help()}\n\n{title}:\n{trainer.format_help().partition(chr(10))[2].rstrip()}"
 
 
 def parse_arguments(argv: list[str] | None = None):

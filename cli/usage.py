@@ -28,7 +28,11 @@ class OneLineErrors:
 class CommandParser(OneLineErrors, argparse.ArgumentParser):
     def __init__(self, prog: str, description: str, **kwargs):
         super().__init__(
-            prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs
+            prog=prog,
+            description=description,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            allow_abbrev=False,  # a typo such as --imag is reported, not read as --image
+            **kwargs,
         )
 
 
