@@ -65,7 +65,7 @@ def _started_as_the_command() -> bool:
     if sys.argv and Path(sys.argv[0]).stem == "visionbridge":
         return True
     argv = sys.orig_argv
-    return "-m" in argv[:-1] and argv[argv.index("-m") + 1] in ("visionbridge", "visionbridge.cli")
+    return "-m" in argv[:-1] and argv[argv.index("-m") + 1] == "visionbridge"
 
 
 def __getattr__(name: str):

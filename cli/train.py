@@ -152,7 +152,7 @@ def parse_arguments(argv: list[str] | None = None):
 def check(model_args: ModelArguments, data_args: DataArguments, training_args) -> None:
     """Everything that can be wrong before anything loads: the sources, the data, the output folder."""
     from .. import register_auto_classes
-    from ..configuration.configuration_visionbridge import CONNECTOR_NAMES, QUERY_CONNECTORS, mlp_depth
+    from ..configuration import VisionBridgeConfig
     from ..trainer.digits import KINDS, sklearn_datasets
 
     register_auto_classes()  # imports the package's parts in the order they need
@@ -165,8 +165,10 @@ def check(model_args: ModelArguments, data_args: DataArguments, training_args) -
     if model_args.vision_model is not None:
         model_source(model_args.vision_model, "--vision_model")
         model_source(model_args.language_model, "--language_model")
-    if model_args.connector not in QUERY_CONNECTORS and mlp_depth(model_args.connector) is None:
-        raise UsageError(f"--connector {model_args.connector} is unknown; choose {', '.join(CONNECTOR_NAMES)}")
+    try:
+        VisionBridgeConfig(connector=model_args.connector)  # the config is what knows the connectors
+    except ValueError as error:
+        raise UsageError(f"--connector: {error}") from None
     for flag, value in (("--data_path", data_args.data_path), ("--eval_data_path", data_args.eval_data_path)):
         path = existing_path(value, flag)
         if path is not None and Path(path).is_dir():
@@ -180,12 +182,12 @@ def check(model_args: ModelArguments, data_args: DataArguments, training_args) -
     output_dir = Path(training_args.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise UsageError(f"--output_dir {output_dir} is a file")
-    earlier = sorted(output_dir.iterdir()) if output_dir.is_dir() else []
+    earlier = sorted(path.name for path in output_dir.iterdir()) if output_dir.is_dir() else []
     if earlier and not (training_args.resume_from_checkpoint or training_args.overwrite_output_dir):
+        shown = ", ".join(earlier[:3]) + (", ..." if len(earlier) > 3 else "")
         raise UsageError(
-            f"--output_dir {output_dir} already holds {len(earlier)} entries ({', '.join(p.name for p in earlier[:3])}"
-            f"{', ...' if len(earlier) > 3 else ''}): pass --overwrite_output_dir to write over that run, or "
-            "--resume_from_checkpoint to continue it"
+            f"--output_dir {output_dir} is not empty ({shown}): pass --overwrite_output_dir to write over the "
+            "run there, or --resume_from_checkpoint to continue it"
         )
 
 

@@ -107,7 +107,7 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
         )
         lm_parameters = inspect.signature(self.language_model.forward).parameters
         self._lm_keeps_logits = "logits_to_keep" in lm_parameters
-        # transformers 5.24 names the KV cache argument `cache`; `past_key_values` is deprecated, removed in 5.40.
+        # The LM's own name for the KV cache argument (see forward).
         self._lm_cache_argument = "cache" if "cache" in lm_parameters else "past_key_values"
         if config.connector == "qformer":
             config.qformer_config = self.connector.qformer.config
@@ -222,6 +222,7 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        cache: Cache | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """input_ids [B, T] with `image_seq_length` placeholders per image, pixel_values [N, 3, H, W] for the N
@@ -229,7 +230,8 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
         [B, T, V] and the LM loss."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
-        past_key_values = kwargs.pop("cache", past_key_values)  # generate passes `cache` on transformers >= 5.24
+        # The KV cache is `cache` from transformers 5.24 on, `past_key_values` before (deprecated, removed in 5.40).
+        cache = cache if cache is not None else past_key_values
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)  # [B, T, D_text]
         if pixel_values is not None:
@@ -246,7 +248,7 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
             inputs_embeds = self.image_boundary(inputs_embeds, start, end)
         packed_shape = inputs_embeds.shape[:2]  # [R, L] when the batch is packed
         one_row = False
-        if attention_mask is None and position_ids is not None and past_key_values is None:
+        if attention_mask is None and position_ids is not None and cache is None:
             # Packed samples are kept apart by their restarting position_ids only while no KV cache is being built.
             kwargs.setdefault("use_cache", False)
             # Flash attention finds packed samples in a batch of one row only: lay the rows end to end. A row's
@@ -269,7 +271,7 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
             attention_mask=attention_mask,
             position_ids=position_ids,
             labels=labels,
-            **{self._lm_cache_argument: past_key_values},
+            **{self._lm_cache_argument: cache},
             **kwargs,
         )
         if one_row and getattr(outputs, "logits", None) is not None:

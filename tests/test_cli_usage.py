@@ -105,10 +105,10 @@ MISTAKES = [
     (["train", "--lerning_rate", "1e-3"], "unknown option --lerning_rate (did you mean --learning_rate?)"),
     (["train", "--output_dir", "{t}/run", "--data_path", "{t}/missing.json"], "--data_path {t}/missing.json does"),
     (["train", "--output_dir", "{t}/run", "--stage", "al1gn"], "argument --stage: invalid choice: 'al1gn'"),
-    (["train", "--output_dir", "{t}/run", "--connector", "mlp2"], "--connector mlp2 is unknown"),
+    (["train", "--output_dir", "{t}/run", "--connector", "mlp2"], "--connector: Unknown connector 'mlp2'"),
     (["train", "--output_dir", "{t}/run", "--model", "{t}/adapter"], "--model {t}/adapter has no config.json"),
     (["train", "--output_dir", "{t}/run", "--vision_model", "{t}/model"], "pass both --vision_model"),
-    (["train", "--output_dir", "{t}/full"], "--output_dir {t}/full already holds 1 entries (keep.txt)"),
+    (["train", "--output_dir", "{t}/full"], "--output_dir {t}/full is not empty (keep.txt)"),
     (["train", "--output_dir", "{t}/run", "--stage", "full", "--lora_vision"], "stage='full' with lora_vision"),
 ]
 
