@@ -12,11 +12,16 @@ CPU_INDEX=${VISIONBRIDGE_TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu} 
 
 say() { echo "[run.sh] $*"; }
 
-pip_install() {  # pip_install VENV_DIR ARGS...: pip's own lines, less the long list of what is already there
-    local dir=$1
+pip_install() {  # pip_install VENV_DIR ARGS...: pip's own lines as they come, less the list of what is already there
+    local dir=$1 line
     shift
     "$dir/bin/python" -m pip install --disable-pip-version-check --progress-bar off "$@" 2>&1 |
-        sed -u -e '/^Requirement already satisfied/d' -e '/^Looking in /d'
+        while IFS= read -r line; do
+            case "$line" in
+                "Requirement already satisfied"* | "Looking in "*) ;;
+                *) printf '%s\n' "$line" ;;
+            esac
+        done
 }
 
 has_gpu() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }

@@ -95,8 +95,10 @@ def _streamer(tokenizer, stream):
     return Streamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
 
 
-def handle(session: ChatSession, line: str, out=sys.stdout) -> bool:
-    """Run one line of the session; False when it asks to leave. A line that fails prints why and changes nothing."""
+def handle(session: ChatSession, line: str, out=None) -> bool:
+    """Run one line of the session, printing to `out` (default: stdout); False when it asks to leave. A line that
+    fails prints why and changes nothing."""
+    out = out if out is not None else sys.stdout
     command, _, rest = line.partition(" ")
     rest = rest.strip()
     try:
