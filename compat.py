@@ -64,8 +64,9 @@ def legacy_vision_prefix(vision_tower: nn.Module) -> str | None:
 # whose inputs need no grad, as behind a frozen tower and frozen embeddings.
 CHECKPOINTING_IS_REENTRANT_BY_DEFAULT = not TRANSFORMERS_5
 
-# 5.x dropped TrainingArguments.warmup_ratio: a fractional `warmup_steps` replaces it.
+# 5.x dropped TrainingArguments.warmup_ratio (a fractional `warmup_steps` replaces it) and overwrite_output_dir.
 TRAINING_ARGUMENTS_HAVE_WARMUP_RATIO = not TRANSFORMERS_5
+TRAINING_ARGUMENTS_HAVE_OVERWRITE_OUTPUT_DIR = not TRANSFORMERS_5
 
 # 4.x rotates checkpoints in a Trainer method, 5.x in a function of trainer_utils.
 TRAINER_ROTATES_IN_A_METHOD = not TRANSFORMERS_5
@@ -91,6 +92,7 @@ __all__ = [
     "PACKED_MASK_NEEDS_TORCH_2_6",
     "PROCESSORS_NAME_ATTRIBUTE_CLASSES",
     "TRAINER_ROTATES_IN_A_METHOD",
+    "TRAINING_ARGUMENTS_HAVE_OVERWRITE_OUTPUT_DIR",
     "TRAINING_ARGUMENTS_HAVE_WARMUP_RATIO",
     "TRANSFORMERS_5",
     "config_from_dict",

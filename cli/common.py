@@ -1,44 +1,64 @@
-"""What the commands share: loading a model (with an adapter) for inference, writing a folder whole, and showing
-answers next to their images."""
+"""What the commands share once their arguments are checked: loading a model (with an adapter) for inference,
+writing a folder whole with its model card, and showing answers next to their images."""
 
-import sys
+import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from .. import register_auto_classes
 from ..modeling.atomic_save import staged_folder
+from .usage import UsageError
 
 
 def load_for_inference(model: str, adapter: str | None = None, trust_remote_code: bool = False, dtype: str = "auto"):
     """(model, processor) from a VisionBridge folder or Hub repo, with a LoRA adapter on top when given. The
-    processor comes from the adapter when it was saved with one (its tokenizer may have grown)."""
+    processor comes from the adapter when it was saved with one (its tokenizer may have grown). A model or adapter
+    that cannot be found is a UsageError."""
+    register_auto_classes()
     torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
-    loaded = AutoModelForImageTextToText.from_pretrained(model, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    try:
+        loaded = AutoModelForImageTextToText.from_pretrained(
+            model, dtype=torch_dtype, trust_remote_code=trust_remote_code
+        )
+    except OSError as error:
+        raise UsageError(f"cannot load the model {model}: {_first_line(error)}") from None
     processor_source = model
     if adapter is not None:
         from peft import PeftModel
 
-        loaded = PeftModel.from_pretrained(loaded, adapter)
+        try:
+            loaded = PeftModel.from_pretrained(loaded, adapter)
+        except OSError as error:
+            raise UsageError(f"cannot load the adapter {adapter}: {_first_line(error)}") from None
         if any((Path(adapter) / name).is_file() for name in ("processor_config.json", "preprocessor_config.json")):
             processor_source = adapter
     processor = AutoProcessor.from_pretrained(processor_source, trust_remote_code=trust_remote_code)
     return loaded.eval(), processor
 
 
-def require_empty(destination: str | Path) -> None:
-    """Stop before any work when `destination` already holds something."""
-    destination = Path(destination)
-    if destination.exists() and any(destination.iterdir()):
-        sys.exit(f"{destination} exists and is not empty; choose a new folder.")
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
-def save_complete(destination: str | Path, model, processor) -> None:
-    """Save `model` and `processor` into `destination` through a hidden sibling folder moved into place at the
-    end, so an interrupted save never leaves a folder that looks complete."""
+def training_arguments(adapter: str | Path):
+    """The training arguments saved beside an adapter (training_args.json) as attributes, or None."""
+    path = Path(adapter) / "training_args.json"
+    return SimpleNamespace(**json.loads(path.read_text())) if path.is_file() else None
+
+
+def save_complete(destination: str | Path, model, processor, args=None) -> None:
+    """Save `model`, `processor` and a README.md model card (`args`: the training arguments, when known) into
+    `destination` through a hidden sibling folder moved into place at the end, so an interrupted save never leaves
+    a folder that looks complete."""
+    from ..trainer.model_card import render_model_card
+
     with staged_folder(destination) as staging:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
+        render_model_card(model, Path(destination).name, args).save(Path(staging) / "README.md")
 
 
 _SHADES = " .:-=+*#%@"

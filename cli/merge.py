@@ -3,27 +3,23 @@
 The base is loaded unquantised (in the dtype given, float32 by default) whatever it was trained over, so QLoRA
 adapters merge into full-precision weights. The connector trained with the adapter replaces the base's. Before
 anything is written, the merged model's logits on a probe image and prompt are compared with base + adapter;
-the folder (weights, processor, remote code) is written beside DESTINATION and renamed into place at the end.
+the folder (weights, processor, remote code and a README.md model card) is written beside DESTINATION and renamed
+into place at the end.
 """
 
-import argparse
 import sys
-from pathlib import Path
 
-import torch
-from PIL import Image
-
-from .common import load_for_inference, require_empty, save_complete
+from .usage import DTYPES, CommandParser, empty_destination, model_source
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="visionbridge merge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def build_parser() -> CommandParser:
+    parser = CommandParser("visionbridge merge", __doc__)
     parser.add_argument("base", help="the VisionBridge model the adapter was trained on (folder or Hub repo)")
     parser.add_argument("adapter", help="the LoRA adapter (folder or Hub repo)")
     parser.add_argument("destination", help="new folder for the merged model")
-    parser.add_argument("--dtype", default="float32", help="dtype of the merged weights: float32, bfloat16, float16")
+    parser.add_argument(
+        "--dtype", default="float32", choices=DTYPES[1:], help="dtype of the merged weights (default: float32)"
+    )
     parser.add_argument(
         "--atol", type=float, default=None, help="largest logit difference accepted (default: 1e-4 fp32, 5e-2 else)"
     )
@@ -33,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _probe(processor, model) -> dict:
     """A fixed image and prompt: a gradient square and a question, as the processor renders them."""
+    import torch
+    from PIL import Image
+
     gradient = torch.linspace(0, 255, 64).to(torch.uint8).repeat(64, 1)
     image = Image.fromarray(gradient.numpy()).convert("RGB")
     messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "Describe."}]}]
@@ -41,8 +40,14 @@ def _probe(processor, model) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    destination = Path(args.destination)
-    require_empty(destination)
+    model_source(args.base, "base")
+    model_source(args.adapter, "adapter", marker="adapter_config.json")
+    destination = empty_destination(args.destination, "destination")
+
+    import torch
+
+    from .common import load_for_inference, save_complete, training_arguments
+
     model, processor = load_for_inference(args.base, args.adapter, args.trust_remote_code, args.dtype)
     inputs = _probe(processor, model)
     with torch.no_grad():
@@ -52,5 +57,5 @@ def main(argv: list[str] | None = None) -> None:
     atol = args.atol if args.atol is not None else (1e-4 if args.dtype == "float32" else 5e-2)
     if difference > atol:
         sys.exit(f"The merged model's logits differ from base + adapter by {difference:.2e} (> {atol}); not saved.")
-    save_complete(destination, merged, processor)
+    save_complete(destination, merged, processor, training_arguments(args.adapter))
     print(f"merged {args.adapter} into {args.base} -> {destination} (largest logit difference {difference:.1e})")

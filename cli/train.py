@@ -10,19 +10,20 @@ a LLaMA-shaped LM) learn scikit-learn's handwritten digits, then answer question
 """
 
 import argparse
+import dataclasses
 import json
-import sys
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import AutoModelForImageTextToText, AutoProcessor, HfArgumentParser
+from ..trainer.options import VisionBridgeOptions
+from .usage import CommandParser, OneLineErrors, UsageError, existing_path, model_source, unknown_options
 
-from ..modeling import from_components
-from ..modeling.connectors import CONNECTOR_NAMES
-from ..modeling.tiny_components import build_tiny_components
-from ..trainer import VisionBridgeTrainer, VisionBridgeTrainingArguments, load_training_data
-from ..trainer.evaluation import evaluate
-from .common import show_answers
+TRAINER_OPTIONS = """\
+Every transformers TrainingArguments flag works as well (--learning_rate, --num_train_epochs,
+--per_device_train_batch_size, --gradient_accumulation_steps, --bf16, --save_steps, --report_to, ...):
+'visionbridge train --help-all' lists them after these. A non-empty --output_dir is refused unless
+--resume_from_checkpoint or --overwrite_output_dir is given."""
 
 
 @dataclass
@@ -38,7 +39,11 @@ class ModelArguments:
         default=None, metadata={"help": "Causal LM checkpoint (Hub id or folder). Default: the built-in tiny one."}
     )
     connector: str = field(
-        default="mlp2x_gelu", metadata={"help": f"Connector joining them: {', '.join(CONNECTOR_NAMES)} or mlpNx_gelu."}
+        default="mlp2x_gelu",
+        metadata={
+            "help": "Connector joining them: linear, mlpNx_gelu (LLaVA-1.5: mlp2x_gelu), pixel_shuffle, qformer or "
+            "resampler (at the built-in components' scale without --vision_model/--language_model)."
+        },
     )
     vision_feature_layer: int = field(default=-2, metadata={"help": "Hidden layer of the encoder to read."})
     vision_feature_select: str = field(
@@ -78,51 +83,188 @@ class DataArguments:
     )
 
 
+def _parser(dataclass_types: tuple, **kwargs):
+    from transformers import HfArgumentParser
+
+    class Parser(OneLineErrors, HfArgumentParser):
+        pass
+
+    return Parser(dataclass_types, prog="visionbridge train", allow_abbrev=False, **kwargs)
+
+
+def options_parser() -> CommandParser:
+    """visionbridge's own options (model, data, stage, learning rates, LoRA), listed without importing transformers
+    (which takes seconds); the command line itself is parsed by HfArgumentParser (`parse_arguments`)."""
+    parser = CommandParser("visionbridge train", __doc__, usage="visionbridge train [options]", epilog=TRAINER_OPTIONS)
+    for title, options in (("model", ModelArguments), ("data", DataArguments), ("training", VisionBridgeOptions)):
+        group = parser.add_argument_group(f"{title} options")
+        for option in dataclasses.fields(options):
+            group.add_argument(
+                f"--{option.name}",
+                choices=option.metadata.get("choices"),
+                metavar=None if "choices" in option.metadata else option.name.upper(),
+                help=option.metadata["help"] + ("" if option.default is None else f" (default: {option.default})"),
+            )
+    return parser
+
+
+def _full_parser(**kwargs):
+    from ..trainer import VisionBridgeTrainingArguments
+
+    return _parser((ModelArguments, DataArguments, VisionBridgeTrainingArguments), **kwargs)
+
+
+def full_help() -> str:
+    """visionbridge's options, then the Trainer's (those of transformers' TrainingArguments)."""
+    import transformers
+
+    own = options_parser()
+    trainer = _full_parser(usage=argparse.SUPPRESS, add_help=False)
+    shown = {
+        option.name
+        for options in (ModelArguments, DataArguments, VisionBridgeOptions)
+        for option in dataclasses.fields(options)
+    }
+    for action in trainer._actions:
+        if action.dest in shown:
+            action.help = argparse.SUPPRESS
+    title = f"Trainer options (transformers {transformers.__version__} TrainingArguments)"
+    return f"{own.format_help()}\n\n{title}:\n{trainer.format_help().partition(chr(10))[2].rstrip()}"
+
+
+def parse_arguments(argv: list[str] | None = None):
+    """(ModelArguments, DataArguments, VisionBridgeTrainingArguments) from the command line; a mistake is a
+    UsageError. --help and --help-all print their text and raise SystemExit(0)."""
+    argv = list(argv or [])
+    if "-h" in argv or "--help" in argv:
+        options_parser().print_help()
+        raise SystemExit(0)
+    if "--help-all" in argv:
+        print(full_help())
+        raise SystemExit(0)
+    parser = _full_parser(add_help=False)
+    try:
+        *parsed, remaining = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
+    except ValueError as error:  # raised by the arguments' own checks (__post_init__)
+        raise UsageError(str(error)) from None
+    if remaining:
+        raise UsageError(f"{unknown_options(remaining, parser.option_names())} (see visionbridge train --help)")
+    return tuple(parsed)
+
+
+def check(model_args: ModelArguments, data_args: DataArguments, training_args) -> None:
+    """Everything that can be wrong before anything loads: the sources, the data, the output folder."""
+    from .. import register_auto_classes
+    from ..configuration import VisionBridgeConfig
+    from ..trainer.digits import KINDS, sklearn_datasets
+
+    register_auto_classes()  # imports the package's parts in the order they need
+    if model_args.model is not None:
+        if model_args.vision_model is not None or model_args.language_model is not None:
+            raise UsageError("pass --model, or --vision_model and --language_model, not both")
+        model_source(model_args.model, "--model")
+    elif (model_args.vision_model is None) != (model_args.language_model is None):
+        raise UsageError("pass both --vision_model and --language_model, or neither for the built-in tiny ones")
+    if model_args.vision_model is not None:
+        model_source(model_args.vision_model, "--vision_model")
+        model_source(model_args.language_model, "--language_model")
+    try:
+        VisionBridgeConfig(connector=model_args.connector)  # the config is what knows the connectors
+    except ValueError as error:
+        raise UsageError(f"--connector: {error}") from None
+    for flag, value in (("--data_path", data_args.data_path), ("--eval_data_path", data_args.eval_data_path)):
+        path = existing_path(value, flag)
+        if path is not None and Path(path).is_dir():
+            _require(_import_datasets, f"{flag} {path}")
+    existing_path(data_args.image_folder, "--image_folder", folder=True)
+    if data_args.data_path is None:
+        kinds = {kind.strip() for kind in data_args.digits_kinds.split(",")}
+        if not kinds <= set(KINDS):
+            raise UsageError(f"--digits_kinds {data_args.digits_kinds}: choose among {', '.join(KINDS)}")
+        _require(sklearn_datasets, "the built-in digits task (no --data_path)")
+    output_dir = Path(training_args.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UsageError(f"--output_dir {output_dir} is a file")
+    earlier = sorted(path.name for path in output_dir.iterdir()) if output_dir.is_dir() else []
+    if earlier and not (training_args.resume_from_checkpoint or training_args.overwrite_output_dir):
+        shown = ", ".join(earlier[:3]) + (", ..." if len(earlier) > 3 else "")
+        raise UsageError(
+            f"--output_dir {output_dir} is not empty ({shown}): pass --overwrite_output_dir to write over the "
+            "run there, or --resume_from_checkpoint to continue it"
+        )
+
+
+def _import_datasets():
+    from ..trainer.data import import_datasets
+
+    return import_datasets()
+
+
+def _require(importer, what: str) -> None:
+    try:
+        importer()
+    except ImportError as error:
+        raise UsageError(f"{what}: {error}") from None
+
+
+@contextmanager
+def _no_loading_bars():
+    """Hide transformers' loading and saving bars, which say nothing about the tiny built-in components."""
+    from transformers.utils import logging
+
+    shown = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            logging.enable_progress_bar()
+
+
 def build_model(model_args: ModelArguments, output_dir: Path):
     """(model, processor, base folder): the base is saved before training, so the adapter has a base to load on."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from ..modeling import from_components
+    from ..modeling.tiny_components import TINY_CONNECTOR_SETTINGS, build_tiny_components
+
     if model_args.model is not None:
         remote = model_args.trust_remote_code
         model = AutoModelForImageTextToText.from_pretrained(model_args.model, trust_remote_code=remote)
         processor = AutoProcessor.from_pretrained(model_args.model, trust_remote_code=remote)
         return model, processor, model_args.model
     vision, language = model_args.vision_model, model_args.language_model
-    if (vision is None) != (language is None):
-        raise ValueError("Pass both --vision_model and --language_model, or neither for the built-in tiny ones.")
-    if vision is None:
-        vision, language = build_tiny_components(output_dir / "components")
-    model, processor = from_components(
-        vision,
-        language,
-        connector=model_args.connector,
-        trust_remote_code=model_args.trust_remote_code,
-        vision_feature_layer=model_args.vision_feature_layer,
-        vision_feature_select=model_args.vision_feature_select,
-        image_aspect_ratio=model_args.image_aspect_ratio,
-        mm_use_im_start_end=model_args.mm_use_im_start_end,
-    )
-    base = output_dir / "base"
-    model.save_pretrained(base)
-    processor.save_pretrained(base)
+    built_in = vision is None
+    with _no_loading_bars() if built_in else nullcontext():
+        if built_in:
+            vision, language = build_tiny_components(output_dir / "components")
+        model, processor = from_components(
+            vision,
+            language,
+            connector=model_args.connector,
+            connector_config=TINY_CONNECTOR_SETTINGS.get(model_args.connector) if built_in else None,
+            trust_remote_code=model_args.trust_remote_code,
+            vision_feature_layer=model_args.vision_feature_layer,
+            vision_feature_select=model_args.vision_feature_select,
+            image_aspect_ratio=model_args.image_aspect_ratio,
+            mm_use_im_start_end=model_args.mm_use_im_start_end,
+        )
+        base = output_dir / "base"
+        model.save_pretrained(base)
+        processor.save_pretrained(base)
     return model, processor, str(base)
-
-
-def parse_arguments(argv: list[str] | None = None):
-    """(ModelArguments, DataArguments, VisionBridgeTrainingArguments) from the command line."""
-    parser = HfArgumentParser(
-        (ModelArguments, DataArguments, VisionBridgeTrainingArguments),
-        prog="visionbridge train",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    return parser.parse_args_into_dataclasses(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     model_args, data_args, training_args = parse_arguments(argv)
+    check(model_args, data_args, training_args)
+
+    from ..trainer import VisionBridgeTrainer, load_training_data
+    from ..trainer.evaluation import evaluate
+    from .common import show_answers
+
     output_dir = Path(training_args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    model, processor, base = build_model(model_args, output_dir)
-
     eval_path = data_args.eval_data_path
     if data_args.data_path is None:
         from ..trainer.digits import write_digits_data
@@ -133,9 +275,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"built-in task: {data_path} (training) and {digits['held_out']} (held out, never trained on)")
     else:
         data_path = data_args.data_path
-    train_data = load_training_data(
-        data_path, data_args.image_folder, format=data_args.data_format, on_bad_sample=training_args.on_bad_sample
-    )
+    try:
+        train_data = load_training_data(
+            data_path, data_args.image_folder, format=data_args.data_format, on_bad_sample=training_args.on_bad_sample
+        )
+    except (ValueError, ImportError) as error:
+        raise UsageError(str(error)) from None
+    model, processor, base = build_model(model_args, output_dir)
 
     trainer = VisionBridgeTrainer(model=model, args=training_args, train_dataset=train_data, processing_class=processor)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
@@ -151,7 +297,3 @@ def main(argv: list[str] | None = None) -> None:
         report_path.write_text(json.dumps({"data": str(eval_path), **report}, indent=1))
         show_answers(eval_data, report)
         print(f"report: {report_path}")
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

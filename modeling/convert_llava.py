@@ -4,11 +4,13 @@ VisionBridge model with LLaVA's layout (mlp2x_gelu connector, one hidden layer r
 from pathlib import Path
 
 import torch
+from PIL import Image
 from transformers import (
     AutoModelForCausalLM,
     AutoProcessor,
     LlavaConfig,
     LlavaForConditionalGeneration,
+    LlavaProcessor,
     PreTrainedModel,
 )
 
@@ -128,3 +130,27 @@ def to_llava(model: VisionBridgeForConditionalGeneration) -> LlavaForConditional
         }
     )
     return llava.to(model.dtype).eval()
+
+
+def llava_processor(processor: VisionBridgeProcessor, config: VisionBridgeConfig) -> LlavaProcessor:
+    """The processor of `to_llava(model)`: the same image processor, tokenizer and chat template as a LlavaProcessor,
+    which expands each image token to as many tokens as `config.image_seq_length`. It resizes and crops images as
+    the image processor says; VisionBridge pads them to a square first (image_aspect_ratio="pad")."""
+    strategy = {select: name for name, select in _SELECT.items()}[config.vision_feature_select]
+    llava = LlavaProcessor(
+        image_processor=processor.image_processor,
+        tokenizer=processor.tokenizer,
+        chat_template=processor.chat_template,
+        patch_size=config.vision_config.patch_size,
+        vision_feature_select_strategy=strategy,
+        image_token=processor.image_token,
+        num_additional_image_tokens=config.num_prefix_tokens,
+    )
+    side = processor.image_processor(Image.new("RGB", (64, 64)), return_tensors="pt")["pixel_values"].shape[-1]
+    expected = (side // config.vision_config.patch_size) ** 2 + config.num_prefix_tokens - (strategy == "default")
+    if expected != config.image_seq_length:
+        raise ValueError(
+            f"LlavaProcessor would expand each image to {expected} tokens on {side} px images, but the model reads "
+            f"{config.image_seq_length} image features."
+        )
+    return llava

@@ -1,5 +1,6 @@
 """`from_components`: a VisionBridge model and processor from a pretrained vision encoder and a pretrained causal LM."""
 
+import torch
 from PIL import Image
 from tokenizers import AddedToken
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForCausalLM, AutoTokenizer
@@ -8,6 +9,20 @@ from ..compat import no_init_weights
 from ..configuration.configuration_visionbridge import VisionBridgeConfig
 from ..processing.processing_visionbridge import VisionBridgeProcessor
 from .modeling_visionbridge import VisionBridgeForConditionalGeneration
+
+
+def _grow_embeddings(llm, size: int) -> None:
+    """Resize the LM's embeddings (and untied head) to `size` rows, the new ones at the mean of the old ones, as
+    LLaVA starts the tokens it adds (transformers' mean_resizing samples around that mean, and warns each time)."""
+    old = llm.get_input_embeddings().num_embeddings
+    llm.resize_token_embeddings(size, mean_resizing=False)
+    weights = [llm.get_input_embeddings().weight]
+    head = llm.get_output_embeddings()
+    if head is not None and head.weight is not weights[0]:
+        weights.append(head.weight)
+    with torch.no_grad():
+        for weight in weights:
+            weight[old:] = weight[:old].mean(dim=0)  # [size - old, D]
 
 
 def from_components(
@@ -54,7 +69,7 @@ def from_components(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     if len(tokenizer) > llm.get_input_embeddings().num_embeddings:
-        llm.resize_token_embeddings(len(tokenizer))
+        _grow_embeddings(llm, len(tokenizer))
 
     image_processor = AutoImageProcessor.from_pretrained(vision_model)
     config = VisionBridgeConfig(

@@ -89,7 +89,10 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
         )
         if self.image_boundary is not None:  # transformers 4.x refuses a name the model does not hold
             self._keep_in_fp32_modules_strict = [*self._keep_in_fp32_modules_strict, "image_boundary"]
-        self._lm_keeps_logits = "logits_to_keep" in inspect.signature(self.language_model.forward).parameters
+        lm_parameters = inspect.signature(self.language_model.forward).parameters
+        self._lm_keeps_logits = "logits_to_keep" in lm_parameters
+        # The LM's own name for the KV cache argument (see forward).
+        self._lm_cache_argument = "cache" if "cache" in lm_parameters else "past_key_values"
         self._head_reproduces_the_logits = None  # checked at the first loss_at_labels
         # Weights come back in the layout save_pretrained writes; an adapter or checkpoint made for another base fails
         # with one clear message, not a page of size mismatches.
@@ -206,6 +209,7 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         loss_only: bool = False,
+        cache: Cache | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """input_ids [B, T] with `image_seq_length` placeholders per image, pixel_values [N, 3, H, W] for the N
@@ -215,6 +219,8 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
         from the labelled positions alone (see labelled_loss.py), and `logits` is None."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
+        # The KV cache is `cache` from transformers 5.24 on, `past_key_values` before (deprecated, removed in 5.40).
+        cache = cache if cache is not None else past_key_values
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)  # [B, T, D_text]
         image_features = None if pixel_values is None else self.get_image_features(pixel_values)
@@ -225,7 +231,7 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
             inputs_embeds = self.image_boundary(inputs_embeds, start, end)
         if pixel_values is None and self._image_path_needs_a_gradient():
             inputs_embeds = inputs_embeds + self._unused_image_path(inputs_embeds)
-        if attention_mask is None and position_ids is not None and past_key_values is None:
+        if attention_mask is None and position_ids is not None and cache is None:
             # Packed samples are kept apart by their restarting position_ids only while no KV cache is being built.
             kwargs.setdefault("use_cache", False)
             self._check_packed_rows(position_ids)
@@ -233,7 +239,7 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            **{self._lm_cache_argument: cache},
             **kwargs,
         )
         if loss_only and labels is not None:
@@ -252,6 +258,11 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
             return self.language_model(labels=labels, num_items_in_batch=num_items_in_batch, **lm_inputs)
         hidden = self.language_model.base_model(**{**lm_inputs, "use_cache": False}).last_hidden_state  # [B, T, D]
         return CausalLMOutputWithPast(loss=labelled_loss(self.language_model, hidden, labels, num_items_in_batch))
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        # peft reads this name, which transformers 5 deprecated (warning on each read) for is_activation_checkpointing.
+        return any(getattr(module, "gradient_checkpointing", False) for module in self.modules())
 
     def _check_packed_rows(self, position_ids: torch.Tensor) -> None:
         attention = self.language_model.config._attn_implementation
@@ -287,7 +298,7 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
         if input_ids is not None:
             feeds_images = bool((input_ids == self.config.image_token_id).any())
         else:
-            cache = model_inputs.get("past_key_values")
+            cache = model_inputs.get("cache", model_inputs.get("past_key_values"))
             feeds_images = not isinstance(cache, Cache) or cache.get_seq_length() == 0
         model_inputs["pixel_values"] = pixel_values if feeds_images else None
         return model_inputs

@@ -7,17 +7,16 @@ real checkpoint from the Hub does. Used by the demo and the tests; nothing is do
 from pathlib import Path
 
 import torch
+import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModel,
     AutoModelForCausalLM,
-    CLIPImageProcessor,
     CLIPVisionConfig,
     LlamaConfig,
     OPTConfig,
     PreTrainedTokenizerFast,
     Qwen2Config,
-    SiglipImageProcessor,
     SiglipVisionConfig,
 )
 
@@ -48,14 +47,23 @@ _CORPUS = [
 ]
 
 
+def _image_processor_class(name: str) -> type:
+    """The Pillow implementation of an image processor: transformers 5 names it `<name>Pil` (the plain name needs
+    torchvision, and falls back with a warning without it); in 4.x the plain name is the Pillow one. Both save
+    under the plain name."""
+    return getattr(transformers, f"{name}Pil", None) or getattr(transformers, name)
+
+
 def _vision_parts(kind: str, image_size: int):
     sizes = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
     if kind == "clip":
         config = CLIPVisionConfig(image_size=image_size, patch_size=8, **sizes)
-        processor = CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size=image_size)
+        processor = _image_processor_class("CLIPImageProcessor")(
+            size={"shortest_edge": image_size}, crop_size=image_size
+        )
     elif kind == "siglip":
         config = SiglipVisionConfig(image_size=image_size, patch_size=8, **sizes)
-        processor = SiglipImageProcessor(size={"height": image_size, "width": image_size})
+        processor = _image_processor_class("SiglipImageProcessor")(size={"height": image_size, "width": image_size})
     else:
         raise ValueError(f"Unknown tiny vision encoder {kind!r}; choose 'clip' or 'siglip'.")
     return config, processor
@@ -81,6 +89,7 @@ def train_tiny_tokenizer(vocab_size: int = 400) -> PreTrainedTokenizerFast:
         vocab_size=vocab_size,
         special_tokens=list(SPECIAL_TOKENS.values()),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tokenizer.train_from_iterator(_CORPUS, trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL_TOKENS)

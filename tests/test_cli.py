@@ -1,8 +1,13 @@
 """The `visionbridge` command: train on the built-in task, chat through stdin, merge, eval, and every --help."""
 
+import io
 import json
+import os
+import re
+import shlex
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -10,12 +15,15 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText
 
+import visionbridge
 from visionbridge.cli import COMMANDS, main
-from visionbridge.cli.chat import ChatSession
+from visionbridge.cli.chat import ChatSession, handle
 from visionbridge.cli.common import load_for_inference
 from visionbridge.cli.train import parse_arguments
 from visionbridge.trainer.digits import split_indices, write_digits_data
 
+# What .ci/run counts as a warning line in the demo's output.
+WARNING_LINE = re.compile(r"warn|deprecat|\[transformers\]|falling back", re.IGNORECASE)
 SHORT_RUN = ["--max_steps", "3", "--per_device_train_batch_size", "4", "--report_to", "none", "--use_cpu"]
 
 
@@ -73,7 +81,10 @@ def test_chat_keeps_history_and_takes_new_images(trained):
 
 def test_chat_driven_through_stdin(trained):
     image = next((trained / "digits" / "images").iterdir())
-    script = f"What digit is this?\n/image {image}\nAnd this?\n/image missing.png\n/reset\nHello?\n/quit\nnever read\n"
+    script = (
+        f"What digit is this?\n/help\n/image {image}\nAnd this?\n/image missing.png\nIs <image> a 7?\n/fly\n"
+        f"/replace {image}\n/reset\nHello?\n/quit\nnever read\n"
+    )
     run = subprocess.run(
         [sys.executable, "-m", "visionbridge", "chat", str(trained / "base"), "--adapter", str(trained)]
         + ["--image", str(image), "--max_new_tokens", "3"],
@@ -83,8 +94,12 @@ def test_chat_driven_through_stdin(trained):
         timeout=300,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.count("assistant: ") == 3
-    assert f"[image {image} will be shown" in run.stdout and "[cannot open 'missing.png'" in run.stdout
+    assert run.stdout.count("assistant: ") == 3  # the three questions; /help and the bad lines reach no model
+    assert "/replace PATH" in run.stdout and "/image PATH" in run.stdout  # /help lists the commands
+    assert f"[image {image} will be shown" in run.stdout and "[/image missing.png does not exist]" in run.stdout
+    assert "[a question cannot hold <image>, the image placeholder" in run.stdout
+    assert "[unknown command /fly; /help lists the commands]" in run.stdout
+    assert f"[image {image} replaces the last picture]" in run.stdout
     assert "[history and images cleared]" in run.stdout
 
 
@@ -99,8 +114,9 @@ def test_merge_checks_logits_and_writes_a_loadable_folder(trained, tmp_path):
     assert (tmp_path / "merged" / "processor_config.json").is_file() or (
         tmp_path / "merged" / "preprocessor_config.json"
     ).is_file()
-    with pytest.raises(SystemExit, match="not empty"):
+    with pytest.raises(SystemExit) as exit_:
         main(["merge", str(trained / "base"), str(trained), str(tmp_path / "merged")])
+    assert exit_.value.code == 2
 
 
 def test_eval_writes_a_report(trained, tmp_path):
@@ -126,17 +142,18 @@ def test_every_command_has_a_complete_help(command, capsys):
     text = capsys.readouterr().out
     expected = {
         "train": ["--vision_model", "--language_model", "--connector", "--data_path", "--lora_r", "--connector_lr"],
-        "chat": ["--adapter", "--image", "/image", "/reset", "/quit"],
+        "chat": ["--adapter", "--image", "/image", "/replace", "/reset", "/help", "/quit"],
         "merge": ["base", "adapter", "destination", "--dtype"],
-        "convert": ["--from", "source", "destination"],
+        "convert": ["--from", "--to", "source", "destination"],
         "eval": ["--adapter", "--data_path", "--output"],
     }[command]
     assert all(option in text for option in expected), text[:500]
 
 
 def test_unknown_command_lists_the_commands(capsys):
-    with pytest.raises(SystemExit, match="unknown command 'fly'"):
+    with pytest.raises(SystemExit) as exit_:
         main(["fly"])
+    assert exit_.value.code == 2 and "unknown command 'fly'" in capsys.readouterr().err
     main([])
     usage = capsys.readouterr().out
     assert all(name in usage for name in COMMANDS)
@@ -181,3 +198,121 @@ def test_an_adapter_folder_holds_a_usable_processor(trained):
     processor = AutoProcessor.from_pretrained(trained, trust_remote_code=True)  # no config.json beside it
     base = AutoProcessor.from_pretrained(trained / "base", trust_remote_code=True)
     assert processor.image_seq_length == base.image_seq_length and processor.image_token_id == base.image_token_id
+
+
+def test_chat_lines_that_fail_leave_the_conversation_as_it_was(trained, monkeypatch):
+    model, processor = load_for_inference(str(trained / "base"), str(trained))
+    session = ChatSession(model, processor, max_new_tokens=2)
+    images = sorted((trained / "digits" / "images").iterdir())
+    out = io.StringIO()
+    assert handle(session, "/replace " + str(images[0]), out) and "no picture to replace yet" in out.getvalue()
+    handle(session, f"/image {images[0]}", out)
+    handle(session, "What digit is this?", out)
+    first = [dict(message) for message in session.messages]
+    shown = session.messages[0]["content"][0]["image"]
+
+    monkeypatch.setattr("visionbridge.modeling.chat.respond", _fails)
+    handle(session, f"/image {images[1]}", out)
+    assert handle(session, "And this one?", out)  # the answer fails: the session goes on
+    assert "[no answer: RuntimeError: out of memory; the conversation is kept]" in out.getvalue()
+    assert session.messages == first and len(session.pending) == 1  # nothing lost, the new picture still waits
+    monkeypatch.undo()
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # the 32x32 digits are now over the limit
+    handle(session, f"/image {images[2]}", out)
+    handle(session, f"/replace {images[2]}", out)
+    assert out.getvalue().count("cannot be read as an image") == 2 and len(session.pending) == 1
+    monkeypatch.undo()
+
+    handle(session, f"/replace {images[2]}", out)  # in place of the waiting picture
+    assert len(session.pending) == 1 and session.pending[0].tobytes() == Image.open(images[2]).convert("RGB").tobytes()
+    session.pending = []
+    handle(session, f"/replace {images[3]}", out)  # nothing waits: in place of the last one talked about
+    assert session.messages[0]["content"][0]["image"] is not shown and len(session.messages) == 2
+
+
+def _fails(*args, **kwargs):
+    raise RuntimeError("out of memory")
+
+
+def test_the_first_chat_answer_raises_no_warning(trained):
+    model, processor = load_for_inference(str(trained / "base"), str(trained))
+    session = ChatSession(model, processor, max_new_tokens=3)
+    session.add_image(str(next((trained / "digits" / "images").iterdir())))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        session.ask("What digit is this?", stream=io.StringIO())
+        session.ask("Are you sure?", stream=io.StringIO())
+    assert [str(warning.message) for warning in caught] == []
+
+
+def test_eval_writes_its_report_beside_the_adapter(trained, tmp_path, monkeypatch):
+    records = json.loads((trained / "digits" / "held_out.json").read_text())[:3]
+    (trained / "digits" / "three.json").write_text(json.dumps(records))
+    monkeypatch.chdir(tmp_path)
+    main(
+        [
+            "eval",
+            str(trained / "base"),
+            "--adapter",
+            str(trained),
+            "--data_path",
+            str(trained / "digits" / "three.json"),
+        ]
+    )
+    assert not list(tmp_path.iterdir())  # nothing in the current folder
+    assert json.loads((trained / "eval_report.json").read_text())["count"] == 3
+
+
+def test_saved_adapters_and_merged_models_carry_the_model_card(trained, tmp_path):
+    adapter_card = (trained / "README.md").read_text()
+    assert "[More Information Needed]" not in adapter_card and "base_model: ''" not in adapter_card
+    assert "pipeline_tag: image-text-to-text" in adapter_card and "library_name: peft" in adapter_card
+    assert "| stage | instruct |" in adapter_card and "LoRA adapter together with the trained connector" in adapter_card
+    main(["merge", str(trained / "base"), str(trained), str(tmp_path / "merged")])
+    merged_card = (tmp_path / "merged" / "README.md").read_text()
+    assert "library_name: transformers" in merged_card and "pipeline_tag: image-text-to-text" in merged_card
+    assert "| stage | instruct |" in merged_card  # read from the adapter's training_args.json
+    assert 'from_pretrained("merged", trust_remote_code=True)' in merged_card
+
+
+def test_a_training_run_prints_no_warning_lines(tmp_path):
+    """What the demo prints, on a short run: the progress bar, the loss lines and the result, no warnings."""
+    run = subprocess.run(
+        [sys.executable, "-m", "visionbridge", "train", "--output_dir", str(tmp_path / "run"), *SHORT_RUN]
+        + ["--logging_steps", "1", "--eval_max_new_tokens", "2", "--lr_scheduler_type", "cosine"]
+        + ["--warmup_ratio", "0.03"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    output = run.stdout + run.stderr
+    assert "'loss'" in output and "held-out samples:" in output
+    assert [line for line in output.splitlines() if WARNING_LINE.search(line)] == []
+
+
+def test_the_readme_follow_up_commands_run_as_written(trained, tmp_path, monkeypatch):
+    """The commands the README gives after the demo, in the folder the demo leaves (outputs/digits)."""
+    readme = (Path(visionbridge.__file__).resolve().parent / "README.md").read_text()
+    block = readme[readme.index("Then talk to it") :]
+    block = block[block.index("```bash\n") + 8 : block.index("```", block.index("```bash\n") + 8)]
+    serving = readme[readme.index("## Serving") :]
+    serving = serving[serving.index("```bash\n") + 8 : serving.index("```", serving.index("```bash\n") + 8)]
+    lines = (block + serving).replace("\\\n", " ").splitlines()
+    assert lines[0] == "source .venv/bin/activate"
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "outputs" / "digits").symlink_to(trained)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("What digit is this?\n"))
+    ran = []
+    for line in lines[1:]:
+        argv = shlex.split(line)
+        if argv[:2] == ["visionbridge", "train"]:
+            continue  # with real checkpoints from the Hub, which this machine cannot reach
+        main(argv[1:])
+        ran.append(argv[1])
+    assert ran == ["chat", "merge", "eval", "convert"]
+    assert (tmp_path / "outputs" / "digits-merged" / "README.md").is_file()
+    assert (tmp_path / "outputs" / "digits-llava" / "config.json").is_file()

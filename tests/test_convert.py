@@ -8,6 +8,7 @@ import torch
 from tokenizers import AddedToken
 from transformers import (
     AutoModelForImageTextToText,
+    AutoProcessor,
     Blip2Config,
     Blip2ForConditionalGeneration,
     Blip2Processor,
@@ -190,3 +191,56 @@ def test_to_llava_refuses_a_query_connector(make_model):
     model, _ = make_model(connector="resampler")
     with pytest.raises(ValueError, match="Only an mlp2x_gelu connector"):
         visionbridge.modeling.to_llava(model)
+
+
+def test_convert_to_llava_writes_a_folder_transformers_llava_loads(make_model, tmp_path, photos):
+    model, processor = make_model()
+    source, destination = tmp_path / "visionbridge", tmp_path / "llava"
+    model.save_pretrained(source)
+    processor.save_pretrained(source)
+    run = subprocess.run(
+        [sys.executable, "-m", "visionbridge", "convert", "--to", "llava", str(source), str(destination)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    llava = LlavaForConditionalGeneration.from_pretrained(destination).eval()
+    llava_processor = AutoProcessor.from_pretrained(destination)
+    assert isinstance(llava_processor, LlavaProcessor)
+    # A square photo: VisionBridge pads to a square first, which then changes nothing.
+    photo = photos[0].crop((0, 0, 427, 427))
+    prompt = processor.apply_chat_template(MESSAGES, add_generation_prompt=True)
+    ours, theirs = (
+        processor(images=[photo], text=prompt),
+        llava_processor(images=photo, text=prompt, return_tensors="pt"),
+    )
+    assert torch.equal(ours["input_ids"], theirs["input_ids"])
+    assert torch.allclose(ours["pixel_values"], theirs["pixel_values"], atol=1e-6)
+    with torch.no_grad():
+        assert torch.allclose(model(**ours).logits, llava(**theirs).logits, atol=1e-5)
+
+
+def test_convert_to_llava_refuses_what_llava_cannot_express(make_model, tmp_path):
+    model, processor = make_model(connector="resampler")
+    model.save_pretrained(tmp_path / "resampler")
+    processor.save_pretrained(tmp_path / "resampler")
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "visionbridge",
+            "convert",
+            "--to",
+            "llava",
+            str(tmp_path / "resampler"),
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 2  # after loading it (its loading bar comes first): one line, no traceback
+    assert "cannot be written as a llava-hf model: Only an mlp2x_gelu connector" in run.stderr.splitlines()[-1]
+    assert "Traceback" not in run.stderr
+    assert not (tmp_path / "out").exists()

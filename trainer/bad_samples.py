@@ -8,8 +8,8 @@ its batch instead, under `SKIPPED`, and the trainer pops the reasons before the 
 from torch.utils.data import Dataset
 
 from .data import IMAGE_ERRORS
+from .options import ON_BAD_SAMPLE as ON_BAD_SAMPLE  # the collator reads it from here
 
-ON_BAD_SAMPLE = ("raise", "skip")
 # What a bad sample raises: the image errors of data.py, and the ValueErrors of records and of encoding among them.
 BAD_SAMPLE_ERRORS = IMAGE_ERRORS
 SKIPPED = "skipped"  # batch entry: why each sample left out of the batch was bad, one string per sample

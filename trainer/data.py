@@ -9,14 +9,18 @@ import json
 import math
 import os
 import re
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import datasets
 from PIL import Image
 from torch.utils.data import Dataset
 from transformers.utils import logging
 
 from ..processing.grounding import SCALE, parse_boxes
+
+if TYPE_CHECKING:
+    import datasets
 
 logger = logging.get_logger(__name__)
 
@@ -29,6 +33,24 @@ _QWEN_IMAGE = re.compile(r"<img>(.*?)</img>", re.DOTALL)
 # What Pillow raises on a file it cannot decode: truncated or corrupt data (OSError, and SyntaxError or ValueError
 # from some plugins) and images over Image.MAX_IMAGE_PIXELS (DecompressionBombError, which is no OSError).
 IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
+
+def import_datasets():
+    """The `datasets` package (an optional dependency), or an ImportError that names the extra to install."""
+    try:
+        import datasets
+    except ImportError as error:
+        raise ImportError(
+            "Reading a datasets Dataset or save_to_disk folder needs the datasets package, which is not installed: "
+            "pip install 'visionbridge[datasets]'."
+        ) from error
+    return datasets
+
+
+def _is_dataset(value) -> bool:
+    """Whether `value` is a datasets Dataset or DatasetDict (a caller who holds one has datasets imported)."""
+    datasets = sys.modules.get("datasets")
+    return datasets is not None and isinstance(value, (datasets.Dataset, datasets.DatasetDict))
 
 
 def _image_error(error: Exception, what: str) -> Exception:
@@ -159,7 +181,7 @@ class VisionBridgeDataset(Dataset):
 class _TableDataset(VisionBridgeDataset):
     """Captioning rows whose image column is a `datasets.Image` feature, decoded row by row on access."""
 
-    def __init__(self, records: list[dict], source: str, image_seq_length: int, images: datasets.Dataset):
+    def __init__(self, records: list[dict], source: str, image_seq_length: int, images: "datasets.Dataset"):
         super().__init__(records, source, image_seq_length)
         self._images = images
 
@@ -278,12 +300,13 @@ def _detect(records: list, path: Path) -> str:
 
 
 def _from_table(
-    table: datasets.Dataset,
+    table: "datasets.Dataset",
     source: str,
     image_folder: str | os.PathLike | None,
     prompt: str | None,
     image_seq_length: int,
 ) -> VisionBridgeDataset:
+    datasets = import_datasets()
     if isinstance(table, datasets.DatasetDict):
         raise ValueError(f"{source} holds splits {list(table)}; pass one split, e.g. dataset['train'].")
     columns = table.column_names
@@ -310,7 +333,7 @@ def _from_table(
 
 
 def load_training_data(
-    path_or_dataset: str | os.PathLike | datasets.Dataset,
+    path_or_dataset: "str | os.PathLike | datasets.Dataset",
     image_folder: str | os.PathLike | None = None,
     format: str = "auto",
     prompt: str | None = None,
@@ -327,7 +350,7 @@ def load_training_data(
     """
     if format not in ("auto", *FORMATS):
         raise ValueError(f"Unknown format {format!r}; expected 'auto' or one of {', '.join(FORMATS)}.")
-    if isinstance(path_or_dataset, (datasets.Dataset, datasets.DatasetDict)):
+    if _is_dataset(path_or_dataset):
         if format not in ("auto", "datasets"):
             raise ValueError(f"format={format!r} reads a JSON file, but a datasets.Dataset was passed.")
         source = f"the datasets.Dataset passed in ({path_or_dataset.num_rows} rows)"
@@ -340,7 +363,8 @@ def load_training_data(
             raise ValueError(f"format={format!r} reads a JSON file, but {path} is a folder.")
         if not any((path / name).is_file() for name in ("dataset_info.json", "state.json", "dataset_dict.json")):
             raise ValueError(f"{path} is a folder but not one written by Dataset.save_to_disk (no state.json).")
-        return _from_table(datasets.load_from_disk(str(path)), str(path), image_folder, prompt, image_seq_length)
+        table = import_datasets().load_from_disk(str(path))
+        return _from_table(table, str(path), image_folder, prompt, image_seq_length)
     if format == "datasets":
         raise ValueError(f"format='datasets' needs a datasets.Dataset or a save_to_disk folder; {path} is a file.")
     if path.suffix not in (".json", ".jsonl"):

@@ -17,10 +17,15 @@ DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "e
 KINDS = ("question", "caption")
 
 
-def _digits():
-    from sklearn.datasets import load_digits
-
-    return load_digits()
+def sklearn_datasets():
+    """scikit-learn's datasets module, or an ImportError that names the extra to install."""
+    try:
+        from sklearn import datasets
+    except ImportError as error:
+        raise ImportError(
+            "The built-in digits task needs scikit-learn, which is not installed: pip install 'visionbridge[demo]'."
+        ) from error
+    return datasets
 
 
 def split_indices(labels: np.ndarray, held_out_fraction: float = 0.2, seed: int = 0) -> tuple[list[int], list[int]]:
@@ -56,7 +61,7 @@ def write_digits_data(folder: str | Path, kinds: tuple[str, ...] = ("question",)
         raise ValueError(f"Unknown digit task kinds {sorted(unknown)}; choose from {KINDS}.")
     folder = Path(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)
-    digits = _digits()
+    digits = sklearn_datasets().load_digits()
     result = {"labels": {}}
     for part, indices in zip(("train", "held_out"), split_indices(digits.target), strict=True):
         indices = np.random.default_rng(1).permutation(indices)[:limit].tolist()

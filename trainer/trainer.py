@@ -135,10 +135,9 @@ class VisionBridgeTrainer(StagedCheckpoints):
         `dataset_tags`/`dataset` name the data, `finetuned_from` the Hub repo an adapter applies to."""
         if not self.is_world_process_zero():
             return
-        repo_id = self.args.hub_model_id or Path(self.args.output_dir).name
         card = render_model_card(
             self.model,
-            repo_id,
+            self.args.hub_model_id or Path(self.args.output_dir).name,
             self.args,
             datasets=_as_list(dataset_tags or dataset),
             license=license,
@@ -148,12 +147,17 @@ class VisionBridgeTrainer(StagedCheckpoints):
         card.save(Path(self.args.output_dir) / "README.md")
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        output_dir = output_dir or self.args.output_dir
         # Written beside the folder and moved in once complete: a half-written adapter never loads.
-        with staged_folder(output_dir or self.args.output_dir) as directory:
+        with staged_folder(output_dir) as directory:
             super()._save(str(directory), state_dict)
             # The Trainer pickles its arguments to training_args.bin; the same arguments are kept as JSON instead.
             (directory / "training_args.bin").unlink(missing_ok=True)
             (directory / "training_args.json").write_text(self.args.to_json_string())
+            # peft writes a stub README.md; the card from model_card.md replaces it (push_to_hub renders it again,
+            # with the Hub names it is given).
+            repo_id = self.args.hub_model_id or Path(output_dir).name
+            render_model_card(self.model, repo_id, self.args).save(directory / "README.md")
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         """One group per part (connector at connector_lr, LLM at learning_rate, vision at vision_lr), each split
