@@ -248,8 +248,8 @@ class VisionBridgeProcessor(ProcessorMixin):
         """Save the processor so that both transformers lines load it, with the flat remote code; with
         push_to_hub, upload the folder once it is complete."""
         hub_kwargs = pop_hub_kwargs(kwargs)
-        # Written beside the folder and moved in once complete, processor_config.json last.
-        with staged_folder(save_directory, last=("processor_config.json",)) as directory:
+        # Written beside the folder and swapped in once complete (see atomic_save.py).
+        with staged_folder(save_directory) as directory:
             written = super().save_pretrained(directory, **kwargs)
             # transformers 5 folds the image processor into processor_config.json; 4.x reads preprocessor_config.json.
             if not (directory / "preprocessor_config.json").exists():
