@@ -57,6 +57,13 @@ class StagedCheckpoints(Trainer):
                 self._rotate_run_dir(run_dir)
         self.accelerator.wait_for_everyone()
 
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        super().save_model(output_dir, _internal_call)
+        if self._staging_dir is not None:
+            # The model's save swaps in its folder, the checkpoint; only then may the other processes write their RNG
+            # states into it, or a file written during the swap would stay in the folder swapped out.
+            self.accelerator.wait_for_everyone()
+
     def _rotate_run_dir(self, run_dir: Path) -> None:
         if hasattr(self, "_rotate_checkpoints"):  # transformers 4.x
             self._rotate_checkpoints(use_mtime=False, output_dir=str(run_dir))
