@@ -208,7 +208,7 @@ def _parent_locked(destination: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _create_locked(path: Path) -> int | None:
+def _create_locked(path: Path) -> int:
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
     if fcntl is not None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
