@@ -3,6 +3,8 @@ racing each other, for each kind of save; prints one JSON report for tests/test_
 
 usage: save_kills.py VISION LANGUAGE WORKDIR SEED
 
+WORKDIR/whole/KIND/A and .../B hold a whole save of each version of each kind of save.
+
 The tiny model is built once; every save runs in a child forked from this process, saving one of two versions, A
 and B, that differ in their weights (the processor: in its chat template). Each kind of save runs its rounds in its
 own forked worker, all at once (most of a round is waiting). A round saves the version the destination does not
@@ -17,6 +19,7 @@ import json
 import os
 import random
 import select
+import shutil
 import signal
 import statistics
 import sys
@@ -189,11 +192,14 @@ def kinds(vision: str, language: str, workdir: Path) -> dict[str, Kind]:
     return every
 
 
-def kill_rounds(kind: Kind, rng: random.Random) -> dict:
+def kill_rounds(kind: Kind, rng: random.Random, snapshots: Path) -> dict:
+    """Kill saves until KILLS of them were killed while saving; the two whole versions are copied to
+    `snapshots`/A and `snapshots`/B, for the test to load."""
     prints, lengths = {}, []
     for version in ("A", "B"):
         lengths.append(kind.save_whole(version))
         prints[version] = fingerprint(kind.destination)
+        shutil.copytree(kind.destination, snapshots / version)
     rounds, kills, found = [], 0, prints["B"]
     while kills < KILLS and len(rounds) < MAX_ROUNDS:
         old, new = ("A", "B") if found == prints["A"] else ("B", "A")
@@ -289,7 +295,10 @@ def main(vision: str, language: str, workdir: str, seed: str) -> None:
     names = ["model", "processor", "adapter", "checkpoint", "complete"]
     reports = {name: workdir / f"{name}.json" for name in [*names, "races"]}
     workers = [
-        in_worker(lambda name=name: kill_rounds(every[name], random.Random(f"{seed}-{name}")), reports[name])
+        in_worker(
+            lambda name=name: kill_rounds(every[name], random.Random(f"{seed}-{name}"), workdir / "whole" / name),
+            reports[name],
+        )
         for name in names
     ]
     workers.append(in_worker(lambda: races(every["race"], every["race_processor"]), reports["races"]))

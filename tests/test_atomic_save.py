@@ -15,6 +15,7 @@ from cpu_args import cpu_args
 from peft import PeftModel
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+import visionbridge
 from visionbridge.modeling import atomic_save
 from visionbridge.modeling.atomic_save import staged_folder, staging_folder
 from visionbridge.trainer import VisionBridgeTrainer
@@ -47,17 +48,26 @@ def test_a_save_killed_at_random_moments_leaves_the_old_or_the_new_folder(kills,
     assert [result["left_after_whole_save"] for result in whole if result["left_after_whole_save"]] == []
 
 
-def test_the_folders_the_killed_saves_left_load(kills, components):
-    workdir = kills[1]
-    model = AutoModelForImageTextToText.from_pretrained(workdir / "model" / "vlm")
-    AutoProcessor.from_pretrained(workdir / "model" / "vlm")
-    assert AutoProcessor.from_pretrained(workdir / "processor" / "vlm").chat_template.startswith("{{ messages")
-    AutoModelForImageTextToText.from_pretrained(workdir / "complete" / "vlm")
-    AutoProcessor.from_pretrained(workdir / "complete" / "vlm")
-    for adapter in (workdir / "adapter" / "adapter", workdir / "checkpoint" / "run" / "checkpoint-1"):
-        PeftModel.from_pretrained(model, adapter, adapter_name=adapter.name)
-    for name in ("optimizer.pt", "scheduler.pt"):
-        torch.load(workdir / "checkpoint" / "run" / "checkpoint-1" / name, weights_only=True)
+def _load(kind: str, folder: Path, components):
+    """What a reader of `folder` gets: the model's connector weights, the processor's chat template, the adapter's
+    and checkpoint's connector weights (and the checkpoint's optimizer and scheduler states)."""
+    if kind == "processor":
+        return AutoProcessor.from_pretrained(folder).chat_template
+    if kind in ("model", "complete"):
+        AutoProcessor.from_pretrained(folder)
+        return AutoModelForImageTextToText.from_pretrained(folder).connector[0].weight
+    if kind == "checkpoint":
+        for name in ("optimizer.pt", "scheduler.pt"):
+            torch.load(folder / name, weights_only=True)
+    base = visionbridge.from_components(*components())[0]
+    return PeftModel.from_pretrained(base, folder).base_model.model.connector.modules_to_save.default[0].weight
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_old_and_the_new_save_each_load(kills, components, kind):
+    # The destination after each kill had the bytes of one of these two whole saves.
+    versions = [_load(kind, kills[1] / "whole" / kind / version, components) for version in ("A", "B")]
+    assert not (versions[0] == versions[1] if isinstance(versions[0], str) else torch.equal(*versions))
 
 
 @pytest.mark.parametrize("race", ["race_same_save", "race_model_and_processor"])
