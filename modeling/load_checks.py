@@ -2,8 +2,8 @@
 
 Two ways in: `load_state_dict` (how peft loads an adapter, `PeftModel.from_pretrained(base, adapter)`, and how
 the Trainer restores a checkpoint), checked by a pre-hook before any tensor is copied; and `from_pretrained`,
-whose loading report is checked for connector weights the folder does not hold. torch and stdlib only: this
-file is copied into saved folders as remote code.
+whose loading report is checked for connector weights the folder lacks or that the model has no place for. torch
+and stdlib only: this file is copied into saved folders as remote code.
 """
 
 import torch
@@ -83,13 +83,25 @@ def check_loaded_state_dict(
     )
 
 
-def check_connector_loaded(path, missing_keys: list[str]) -> None:
-    """After from_pretrained: a folder without connector weights must not load with a freshly initialised one."""
-    missing = sorted(key for key in missing_keys if key.startswith("connector."))
+def check_connector_loaded(path, loading_info: dict) -> None:
+    """After from_pretrained: the folder's connector weights must be exactly the connector's. Missing ones would
+    leave a randomly initialised connector, and unexpected ones (a config naming another connector than the one
+    the weights were saved from) would be dropped; transformers only warns about both."""
+    missing = sorted(key for key in loading_info["missing_keys"] if key.startswith("connector."))
     if missing:
         raise ValueError(
-            f"{path} holds no weights for {len(missing)} connector tensors ({', '.join(missing[:4])}"
-            f"{', ...' if len(missing) > 4 else ''}); loading it would use a randomly initialised connector. Save "
-            "the model with save_pretrained, or load an original LLaVA projector with visionbridge's "
-            "load_mm_projector."
+            f"{path} holds no weights for {len(missing)} connector tensors ({_some(missing)}); loading it would use "
+            "a randomly initialised connector. Save the model with save_pretrained, or load an original LLaVA "
+            "projector with visionbridge's load_mm_projector."
         )
+    unexpected = sorted(key for key in loading_info["unexpected_keys"] if key.startswith("connector."))
+    if unexpected:
+        raise ValueError(
+            f"{path} holds {len(unexpected)} connector tensors that its config's connector does not have "
+            f"({_some(unexpected)}): the weights were saved from another connector than the config names. Set "
+            "`connector` in config.json to the one they were saved from."
+        )
+
+
+def _some(keys: list[str]) -> str:
+    return ", ".join(keys[:4]) + (", ..." if len(keys) > 4 else "")

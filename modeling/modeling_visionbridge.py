@@ -116,7 +116,7 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
             model, info = super().from_pretrained(
                 pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
             )
-        check_connector_loaded(pretrained_model_name_or_path, info["missing_keys"])
+        check_connector_loaded(pretrained_model_name_or_path, info)
         return (model, info) if output_loading_info else model
 
     def _init_weights(self, module: nn.Module) -> None:

@@ -9,6 +9,25 @@ from PIL import Image
 SQUARE_MIN_SIDE = 1024
 
 
+def check_pixels(image: Image.Image) -> None:
+    """Refuse an image over `PIL.Image.MAX_IMAGE_PIXELS` (a decompression bomb, or a mistake), as Pillow does only
+    above twice that: between the two it decodes the image with a warning."""
+    pixels = image.width * image.height
+    if Image.MAX_IMAGE_PIXELS is not None and pixels > Image.MAX_IMAGE_PIXELS:
+        raise Image.DecompressionBombError(
+            f"{image.width}x{image.height} = {pixels} pixels is more than PIL.Image.MAX_IMAGE_PIXELS = "
+            f"{Image.MAX_IMAGE_PIXELS}."
+        )
+
+
+def open_image(path) -> Image.Image:
+    """An image file decoded whole; one over `PIL.Image.MAX_IMAGE_PIXELS` is refused before it is decoded."""
+    with Image.open(path) as image:
+        check_pixels(image)
+        image.load()
+    return image
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode to 8-bit RGB; transparent areas become white, 16/32-bit and float images are scaled to 8 bits."""
     if image.mode == "RGB":

@@ -11,13 +11,15 @@ import re
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import torch
 from PIL import Image
 from transformers import BatchFeature, ProcessorMixin
+from transformers.image_transforms import to_pil_image
 from transformers.utils import cached_file
 
 from ..compat import PROCESSORS_NAME_ATTRIBUTE_CLASSES
-from .images import pad_to_square, shrink_for_square, stretch_to_square, to_rgb
+from .images import open_image, pad_to_square, shrink_for_square, stretch_to_square, to_rgb
 
 # LLaVA-1.5's conversation format (Vicuna v1), for language models that bring no chat template of their own.
 DEFAULT_CHAT_TEMPLATE = (
@@ -39,18 +41,27 @@ _HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "local_files_o
 def _flatten_images(images) -> list:
     if images is None:
         return []
-    if isinstance(images, (list, tuple)):
-        return [image for item in images for image in _flatten_images(item)]
+    if isinstance(images, (list, tuple)) or (isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4):
+        return [image for item in images for image in _flatten_images(item)]  # a 4-D array is a batch of images
     return [images]
 
 
-def _load_image(image) -> Image.Image:
+def _load_image(image, index: int) -> Image.Image:
+    """A PIL image from a PIL image, a local path, or an array or tensor (HWC or CHW, as transformers' processors
+    take them: floats in [0, 1] or integers in [0, 255])."""
     if isinstance(image, str) and re.match(r"^[a-z]+://", image):
         raise ValueError(f"Images are read from local files only, not fetched: download {image} and pass its path.")
     if isinstance(image, (str, Path)):
-        with Image.open(image) as opened:
-            opened.load()
-            return opened
+        image = open_image(image)
+    elif isinstance(image, (np.ndarray, torch.Tensor)):
+        image = to_pil_image(image.detach().cpu() if isinstance(image, torch.Tensor) else image)
+    if not isinstance(image, Image.Image):
+        raise TypeError(
+            f"Image {index} is a {type(image).__name__}; expected a PIL image, a local path, or a numpy array or "
+            "torch tensor."
+        )
+    if 0 in image.size:
+        raise ValueError(f"Image {index} is {image.width}x{image.height} pixels: it has no pixels to see.")
     return image
 
 
@@ -137,8 +148,8 @@ class VisionBridgeProcessor(ProcessorMixin):
         return processor
 
     def preprocess_images(self, images: list) -> torch.Tensor:
-        """PIL images (any mode) or paths -> pixel_values [N, 3, H, W]."""
-        images = [shrink_for_square(to_rgb(_load_image(image))) for image in images]
+        """PIL images (any mode), paths, arrays or tensors -> pixel_values [N, 3, H, W]."""
+        images = [shrink_for_square(to_rgb(_load_image(image, index))) for index, image in enumerate(images)]
         if self.image_aspect_ratio == "pad":
             fill = tuple(int(255 * mean) for mean in self.image_processor.image_mean)
             images = [pad_to_square(image, fill) for image in images]

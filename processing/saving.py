@@ -17,10 +17,11 @@ from ..modeling.remote_code import AUTO_MAP, write_remote_code
 
 
 def save_processor(processor, save_directory, *args, push_to_hub: bool = False, **kwargs) -> list[str]:
-    """`processor.save_pretrained`: its files and remote code into `save_directory` through a staging folder,
-    processor_config.json last; with push_to_hub, the complete folder is uploaded in one commit."""
+    """`processor.save_pretrained`: its files and remote code into `save_directory` through a staging folder
+    swapped in once complete (see atomic_save.py); with push_to_hub, the complete folder is uploaded in one
+    commit."""
     hub_kwargs = pop_hub_kwargs(kwargs)
-    with staged_folder(save_directory, last=("processor_config.json",)) as directory:
+    with staged_folder(save_directory) as directory:
         written = ProcessorMixin.save_pretrained(processor, directory, *args, **kwargs)
         if not (directory / IMAGE_PROCESSOR_FILE).exists():
             processor.image_processor.save_pretrained(directory)

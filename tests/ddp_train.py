@@ -1,5 +1,5 @@
-"""Run under torchrun: a short VisionBridgeTrainer run on CPU with the gloo backend; rank 0 writes the first and
-last logged loss to OUT/losses.txt.
+"""Run under torchrun: a short VisionBridgeTrainer run on CPU with the gloo backend, checkpointing every 4 steps into
+OUT/run; rank 0 writes the first and last logged loss to OUT/losses.txt.
 
 usage: torchrun --nproc_per_node 2 ddp_train.py OUT
 """
@@ -31,6 +31,8 @@ def main(out: str) -> None:
         max_steps=8,
         logging_steps=1,
         ddp_backend="gloo",
+        save_strategy="steps",
+        save_steps=4,
     )
     trainer = VisionBridgeTrainer(model=model, args=args, train_dataset=samples, processing_class=processor)
     trainer.train()

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from visionbridge.trainer.bad_samples import DROPPED
 from visionbridge.trainer.collator import IGNORE_INDEX, VisionBridgeCollator
 
 CHATML_TEMPLATE = (
@@ -184,6 +185,9 @@ def test_truncation_never_splits_an_image(llama_processor, photos, caplog):
         batch = collator([late_image, early_image])
     assert collator.dropped_samples == 1
     assert f"{len(late_ids)} tokens" in caplog.text
+    # The batch says why, so that the trainer counts it whichever process collated the batch.
+    (dropped,) = batch[DROPPED]
+    assert dropped.startswith(f"sample 0 of the batch has {len(late_ids)} tokens") and "split or remove" in dropped
     assert batch["input_ids"].shape == (1, limit)
     assert torch.equal(batch["input_ids"][0], early_ids[:limit])
     assert (batch["input_ids"] == image_id).sum() == processor.image_seq_length

@@ -146,6 +146,23 @@ def test_an_interrupted_checkpoint_is_never_resumed_from(make_model, digit_sampl
     assert json.loads((run / "checkpoint-4" / "trainer_state.json").read_text())["global_step"] == 4
 
 
+@pytest.mark.parametrize(("missing", "what"), [("optimizer.pt", "optimizer state"), ("scheduler.pt", "schedule")])
+def test_resuming_from_a_checkpoint_without_its_optimizer_or_scheduler_is_refused(
+    make_model, digit_samples, tmp_path, missing, what
+):
+    model, processor = make_model()
+    args = _checkpointing_args(tmp_path, max_steps=2)
+    trainer = VisionBridgeTrainer(model=model, args=args, train_dataset=digit_samples[:8], processing_class=processor)
+    trainer.train()
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    (checkpoint / missing).unlink()
+    trainer.args.max_steps = 4
+    with pytest.raises(
+        FileNotFoundError, match=rf"Cannot resume from {checkpoint}: it holds no {missing} \(the .*{what}"
+    ):
+        trainer.train(resume_from_checkpoint=True)
+
+
 def _pickled(path: Path) -> bool:
     """torch.save output (a zip holding data.pkl, or a bare pickle) or any other pickle stream."""
     head = path.read_bytes()[:4]

@@ -173,6 +173,14 @@ def test_a_checkpoint_without_connector_weights_is_refused(make_model, tmp_path)
         AutoModelForImageTextToText.from_pretrained(tmp_path)
 
 
+def test_a_config_naming_another_connector_than_the_weights_is_refused(make_model, tmp_path):
+    make_model(connector="mlp2x_gelu")[0].save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "connector": "linear"}))
+    with pytest.raises(ValueError, match=r"holds 2 connector tensors that its config's connector does not have "):
+        AutoModelForImageTextToText.from_pretrained(tmp_path)
+
+
 def test_a_complete_checkpoint_still_reports_its_loading_info(make_model, tmp_path):
     model, _ = make_model()
     model.save_pretrained(tmp_path)

@@ -280,6 +280,11 @@ def test_two_process_cpu_run_under_torchrun(tmp_path):
     assert run.returncode == 0, run.stderr[-4000:]
     first, last = (float(x) for x in (tmp_path / "losses.txt").read_text().split())
     assert last < first
+    # Each checkpoint holds both processes' RNG states, and no staging folder is left.
+    for step in (4, 8):
+        checkpoint = tmp_path / "run" / f"checkpoint-{step}"
+        assert {"rng_state_0.pth", "rng_state_1.pth", "optimizer.pt"} <= {path.name for path in checkpoint.iterdir()}
+    assert [path.name for path in tmp_path.rglob(".*")] == []
 
 
 def test_model_card_carries_the_hub_metadata(make_model, digit_samples, tmp_path):

@@ -2,7 +2,8 @@
 
 Samples load in the dataset and encode in the collator, both inside dataloader worker processes when
 dataloader_num_workers > 0, where a counter would never reach the trainer. So a skipped sample leaves its reason in
-its batch instead, under `SKIPPED`, and the trainer pops the reasons before the model sees the batch.
+its batch instead, under `SKIPPED` (as a sample dropped for its length does under `DROPPED`), and the trainer pops
+the reasons before the model sees the batch.
 """
 
 from torch.utils.data import Dataset
@@ -13,6 +14,7 @@ from .options import ON_BAD_SAMPLE as ON_BAD_SAMPLE  # the collator reads it fro
 # What a bad sample raises: the image errors of data.py, and the ValueErrors of records and of encoding among them.
 BAD_SAMPLE_ERRORS = IMAGE_ERRORS
 SKIPPED = "skipped"  # batch entry: why each sample left out of the batch was bad, one string per sample
+DROPPED = "dropped"  # batch entry: why each sample over model_max_length was left out, one string per sample
 RECORD = "record"  # sample entry: the sample's index in the training data, for errors
 BAD_SAMPLE = "bad_sample"  # sample entry of a stand-in for a sample that failed to load: why
 

@@ -1,9 +1,10 @@
 """VisionBridgeCollator: chat samples -> input_ids, attention_mask, labels and pixel_values for the Trainer.
 
-Labels come from one tokenisation of the whole rendered conversation. Each assistant answer is located as a
-character span by rendering the conversation up to it twice (with the generation prompt, and through the answer),
-and a token is supervised iff its character offsets overlap such a span. Re-tokenising turn by turn, as LLaVA does,
-miscounts tokens wherever a merge crosses a turn boundary and then masks whole samples; offsets cannot drift.
+Labels come from one tokenisation of the whole rendered conversation. An assistant answer's character span runs
+from the end of the conversation up to it rendered with the generation prompt, to the end of the conversation
+rendered through it (answer_spans.py); a token is supervised iff its character offsets overlap such a span.
+Re-tokenising turn by turn, as LLaVA does, miscounts tokens wherever a merge crosses a turn boundary and then masks
+whole samples; offsets cannot drift.
 """
 
 from dataclasses import dataclass, field
@@ -13,7 +14,9 @@ import torch
 from transformers.utils import logging
 
 from ..processing.processing_visionbridge import VisionBridgeProcessor
-from .bad_samples import BAD_SAMPLE, BAD_SAMPLE_ERRORS, ON_BAD_SAMPLE, RECORD, SKIPPED
+from .answer_spans import answer_spans
+from .bad_samples import BAD_SAMPLE, BAD_SAMPLE_ERRORS, DROPPED, ON_BAD_SAMPLE, RECORD, SKIPPED
+from .data import check_answers
 from .packing import pack
 
 logger = logging.get_logger(__name__)
@@ -30,9 +33,9 @@ class VisionBridgeCollator:
     instead, in rows no longer than the longest sample (or `packing_row_length`): input_ids, labels and
     position_ids [R, L], no attention mask, padding only at the end of a row (see packing.py).
     A sample longer than `model_max_length` is cut from the end when the cut falls after its last image
-    placeholder, and dropped otherwise; `dropped_samples` adds up over calls. A sample that cannot be encoded
-    raises, naming it; with `on_bad_sample="skip"` it is left out instead, and the batch says why under
-    "skipped" (see bad_samples.py).
+    placeholder, and dropped otherwise: the batch says why under "dropped", and `dropped_samples` adds up over
+    calls (in this process). A sample that cannot be encoded raises, naming it; with `on_bad_sample="skip"` it is
+    left out instead, and the batch says why under "skipped" (see bad_samples.py).
     """
 
     processor: VisionBridgeProcessor
@@ -76,14 +79,15 @@ class VisionBridgeCollator:
                 f"batch cannot be empty. Fix or remove these records, or shuffle the data so that bad records do not "
                 f"fill a batch: {' | '.join(skipped[:3])}"
             )
-        rows, pixel_values = [], []
+        rows, pixel_values, dropped = [], [], []
         for index, input_ids, labels, sample_pixels in encoded:
             kept = self._fit(input_ids, labels, index)
-            if kept is None:
-                self.dropped_samples += 1
+            if isinstance(kept, str):
+                dropped.append(kept)
             else:
                 rows.append(kept)
                 pixel_values.append(sample_pixels)
+        self.dropped_samples += len(dropped)
         if not rows:
             raise ValueError(
                 f"All {len(encoded)} samples of the batch left to train on were dropped for exceeding "
@@ -100,6 +104,8 @@ class VisionBridgeCollator:
             batch["pixel_values"] = torch.cat(pixel_values)  # [N, 3, H, W]
         if skipped:
             batch[SKIPPED] = skipped
+        if dropped:
+            batch[DROPPED] = dropped
         return batch
 
     def _pad(self, rows: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -136,22 +142,13 @@ class VisionBridgeCollator:
                 f"Sample {index}: the rendered conversation holds {full.count(image_token)} {image_token} "
                 f"placeholders but the sample has {num_images} images."
             )
+        check_answers(messages, f"Sample {index}")
         text = self._expand(full)
-        spans = []  # [start, end) of each assistant answer in `text`, end-of-turn marker included
-        for turn, message in enumerate(messages):
-            if message["role"] != "assistant":
-                continue
-            if turn == 0:
-                raise ValueError(f"Sample {index}: the conversation opens with an assistant turn; nothing prompts it.")
-            prefix = self._expand(self._render(messages[:turn], True, index))
-            through = self._expand(self._render(messages[: turn + 1], False, index))
-            if not (text.startswith(prefix) and text.startswith(through)):
-                raise ValueError(
-                    f"Sample {index}: the chat template is not prefix-consistent at message {turn}: rendering the "
-                    "messages before it (with the generation prompt) or through it does not give a prefix of the "
-                    "whole conversation, so its answer cannot be located."
-                )
-            spans.append((len(prefix), len(through)))
+
+        def render(upto: list[dict], add_generation_prompt: bool) -> str:
+            return self._expand(self._render(upto, add_generation_prompt, index))
+
+        spans = answer_spans(messages, text, render, self._expand, f"Sample {index}")
 
         # Special tokens as processor(text=...) adds them at inference, so training sees the same sequence.
         encoded = self.processor.tokenizer(
@@ -162,10 +159,13 @@ class VisionBridgeCollator:
         )
         input_ids = encoded["input_ids"][0]  # [T]
         starts, ends = encoded["offset_mapping"][0].unbind(-1)  # [T] each
-        span_starts, span_ends = torch.tensor(spans, dtype=torch.long).reshape(-1, 2).unbind(-1)  # [S] each
-        overlaps = (starts[:, None] < span_ends[None, :]) & (ends[:, None] > span_starts[None, :])  # [T, S]
+        answer = torch.zeros(len(text), dtype=torch.long)  # [C]: 1 on the characters of an answer
+        for start, end in spans:
+            answer[start:end] = 1
+        before = torch.cat([answer.new_zeros(1), answer.cumsum(0)])  # [C + 1]: answer characters before each offset
         # Tokens the tokenizer added have empty offsets; placeholders are filled by image features, not predicted.
-        supervised = overlaps.any(-1) & (ends > starts) & (input_ids != self.processor.image_token_id)
+        overlaps = before[ends] > before[starts]  # [T]
+        supervised = overlaps & (ends > starts) & (input_ids != self.processor.image_token_id)
         labels = torch.where(supervised, input_ids, IGNORE_INDEX)
         if not supervised.any():
             raise ValueError(
@@ -175,8 +175,8 @@ class VisionBridgeCollator:
 
     def _fit(
         self, input_ids: torch.Tensor, labels: torch.Tensor, index: int
-    ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Cut a too-long sample after its last image, or return None to drop it."""
+    ) -> tuple[torch.Tensor, torch.Tensor] | str:
+        """Cut a too-long sample after its last image, or say why it is dropped."""
         limit = self.model_max_length
         if limit is None or len(input_ids) <= limit:
             return input_ids, labels
@@ -187,11 +187,11 @@ class VisionBridgeCollator:
             reason = "no supervised token would be left"
         else:
             return input_ids[:limit], labels[:limit]
-        logger.warning(
-            f"Dropped sample {index} of the batch: it has {len(input_ids)} tokens, more than "
-            f"model_max_length={limit}, and {reason}."
+        why = (
+            f"sample {index} of the batch has {len(input_ids)} tokens, more than model_max_length={limit}, and {reason}"
         )
-        return None
+        logger.warning(f"Dropped {why}.")
+        return why
 
     def _render(self, messages: list[dict], add_generation_prompt: bool, index: int) -> str:
         try:

@@ -1,8 +1,9 @@
 """Training data: LLaVA and Qwen-VL conversation files and captioning `datasets`, read as chat samples.
 
 Every format becomes one sample shape, `{"messages": [{"role", "content"}, ...], "images": [PIL.Image, ...]}`,
-whose contents carry one "<image>" per image, in reading order. Records are checked when loaded, without opening
-any image; an image file is looked for, and opened, only when its sample is read.
+whose contents carry one image token per image, in reading order: the processor's, once the trainer binds the data
+to it, "<image>" (LLaVA's) until then. Records are checked when loaded, without opening any image; an image file
+is looked for, and opened, only when its sample is read.
 """
 
 import json
@@ -18,13 +19,14 @@ from torch.utils.data import Dataset
 from transformers.utils import logging
 
 from ..processing.grounding import SCALE, parse_boxes
+from ..processing.images import check_pixels, open_image
 
 if TYPE_CHECKING:
     import datasets
 
 logger = logging.get_logger(__name__)
 
-IMAGE_TOKEN = "<image>"
+IMAGE_TOKEN = "<image>"  # how LLaVA files mark an image, and how records hold every format's images
 FORMATS = ("llava", "qwen", "datasets")
 
 # One map for both file formats: LLaVA says human/gpt, Qwen-VL user/assistant, and some exports mix them.
@@ -79,6 +81,14 @@ def _check_boxes(messages: list[dict], where: str) -> None:
             )
 
 
+def check_answers(messages: list[dict], where: str) -> None:
+    """Every assistant answer has text: a blank one would teach nothing but the end-of-turn marker."""
+    for turn, message in enumerate(messages):
+        content = message["content"]
+        if message["role"] == "assistant" and isinstance(content, str) and not content.strip():
+            raise ValueError(f"{where}, turn {turn}: the assistant answer is empty ({content!r}); give it text.")
+
+
 def _check_record(record: dict, where: str) -> None:
     """Roles alternate user/assistant after an optional system turn and end on an answer; placeholders match."""
     messages = record["messages"]
@@ -97,6 +107,7 @@ def _check_record(record: dict, where: str) -> None:
         raise ValueError(f"{where} has no assistant answer (roles: {roles}).")
     if roles[-1] != "assistant":
         raise ValueError(f"{where} ends with a user turn that has no assistant answer (roles: {roles}).")
+    check_answers(messages, where)
     placeholders = sum(message["content"].count(IMAGE_TOKEN) for message in messages)
     if placeholders != len(record["images"]):
         raise ValueError(
@@ -111,9 +122,10 @@ class VisionBridgeDataset(Dataset):
 
     `records` hold image paths in place of images: `{"messages": [{"role", "content"}, ...], "images": [path, ...]}`.
     They are checked here (see `_check_record`). `source` names the data in errors; `image_seq_length` is the
-    placeholder tokens each image becomes, counted by `lengths`. With `on_bad_sample="skip"`, a record that fails
-    its checks stays in place, so indices keep naming records, and raises its error when read (for the trainer to
-    skip); `errors` are such failures found before, by record index.
+    placeholder tokens each image becomes, counted by `lengths`; `image_token` is the token samples mark images
+    with (the trainer binds both to its processor's). With `on_bad_sample="skip"`, a record that fails its checks
+    stays in place, so indices keep naming records, and raises its error when read (for the trainer to skip);
+    `errors` are such failures found before, by record index.
     """
 
     def __init__(
@@ -143,6 +155,13 @@ class VisionBridgeDataset(Dataset):
         self.records = records
         self.source = source
         self.image_seq_length = image_seq_length
+        self.image_token = IMAGE_TOKEN
+
+    def bind(self, processor) -> "VisionBridgeDataset":
+        """Mark images with the processor's image token, and count its placeholders per image unless set."""
+        self.image_token = processor.image_token
+        self.image_seq_length = self.image_seq_length or processor.image_seq_length
+        return self
 
     def __len__(self) -> int:
         return len(self.records)
@@ -151,7 +170,10 @@ class VisionBridgeDataset(Dataset):
         if index in self.errors:
             raise ValueError(self.errors[index])
         # Copies, so a collator that edits a sample in place cannot change the next epoch's.
-        messages = [dict(message) for message in self.records[index]["messages"]]
+        messages = [
+            {**message, "content": message["content"].replace(IMAGE_TOKEN, self.image_token)}
+            for message in self.records[index]["messages"]
+        ]
         return {"messages": messages, "images": self._open_images(index)}
 
     @property
@@ -170,11 +192,9 @@ class VisionBridgeDataset(Dataset):
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"Image {path} of record {index} in {self.source} does not exist.")
             try:
-                with Image.open(path) as image:
-                    image.load()
+                images.append(open_image(path))
             except IMAGE_ERRORS as error:
                 raise _image_error(error, f"image {path} of record {index} in {self.source}") from error
-            images.append(image)
         return images
 
 
@@ -193,10 +213,18 @@ class _TableDataset(VisionBridgeDataset):
         if not isinstance(image, Image.Image):
             raise ValueError(f"Row {index} of {self.source} has no decodable image in column 'image': {image!r:.200}.")
         try:
+            check_pixels(image)
             image.load()
         except IMAGE_ERRORS as error:
             raise _image_error(error, f"the image of row {index} of {self.source}") from error
         return [image]
+
+
+def _too_deep(where: str) -> ValueError:
+    return ValueError(
+        f"{where}: JSON nested deeper than Python's recursion limit ({sys.getrecursionlimit()}) lets it be read; a "
+        "training record needs a few levels."
+    )
 
 
 def _read_records(path: Path) -> list:
@@ -217,6 +245,8 @@ def _read_records(path: Path) -> list:
                     raise ValueError(
                         f"{path}, line {line_number}: not valid JSON ({error.msg} at column {error.colno})."
                     ) from error
+                except RecursionError:
+                    raise _too_deep(f"{path}, line {line_number}") from None
         return records
     try:
         records = json.loads(text)
@@ -224,6 +254,8 @@ def _read_records(path: Path) -> list:
         raise ValueError(
             f"{path} is not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}."
         ) from error
+    except RecursionError:
+        raise _too_deep(str(path)) from None
     if not isinstance(records, list):
         raise ValueError(f"{path} holds a JSON {type(records).__name__}; expected a list of records.")
     return records
@@ -237,7 +269,8 @@ def _messages(record: object, where: str) -> list[dict]:
         raise ValueError(f"{where} has no conversations (expected a non-empty 'conversations' list).")
     messages = []
     for turn_index, turn in enumerate(turns):
-        role = _ROLES.get(turn.get("from")) if isinstance(turn, dict) else None
+        speaker = turn.get("from") if isinstance(turn, dict) else None
+        role = _ROLES.get(speaker) if isinstance(speaker, str) else None
         if role is None or not isinstance(turn.get("value"), str):
             raise ValueError(
                 f"{where}, turn {turn_index}: expected {{'from': one of {sorted(_ROLES)}, 'value': str}}, "
@@ -278,25 +311,21 @@ def _from_qwen(record: object, where: str) -> tuple[list[dict], list[str]]:
     return messages, paths
 
 
-def _detect(records: list, path: Path) -> str:
-    turns = [
-        turn
-        for record in records
-        if isinstance(record, dict) and isinstance(record.get("conversations"), list)
-        for turn in record["conversations"]
-        if isinstance(turn, dict)
-    ]
-    if any("<img>" in str(turn.get("value", "")) for turn in turns):
-        return "qwen"
-    roles = {turn.get("from") for turn in turns}
-    if roles & {"human", "gpt"} or any(isinstance(record, dict) and "image" in record for record in records):
-        return "llava"
-    if roles & {"user", "assistant"}:
-        return "qwen"
-    raise ValueError(
-        f"Cannot tell the format of {path}: no <img> tags, 'image' keys or known roles "
-        f"(roles: {sorted(roles, key=str)}). Pass format='llava' or format='qwen'."
+def _from_either(record: object, where: str) -> tuple[list[dict], list[str]]:
+    """format="auto" reads each record in its own format: Qwen-VL when it has <img> tags, LLaVA otherwise (a record
+    without images reads the same either way), so one file may mix them."""
+    turns = record.get("conversations") if isinstance(record, dict) else None
+    tagged = isinstance(turns, list) and any(
+        isinstance(turn, dict) and isinstance(turn.get("value"), str) and "<img>" in turn["value"] for turn in turns
     )
+    if not tagged:
+        return _from_llava(record, where)
+    if "image" in record:
+        raise ValueError(
+            f"{where} has both an 'image' key (LLaVA) and <img> tags (Qwen-VL); pass format='llava' or "
+            "format='qwen' to read the file one way."
+        )
+    return _from_qwen(record, where)
 
 
 def _from_table(
@@ -343,8 +372,8 @@ def load_training_data(
     """Read LLaVA JSON/JSONL, Qwen-VL JSON or a captioning `datasets.Dataset` (or its save_to_disk folder).
 
     Image paths are relative to `image_folder`, or to the data file's folder when it is None. `format="auto"`
-    picks "datasets" for a Dataset or folder; for a file, "qwen" on any <img> tag, "llava" on an "image" key or
-    human/gpt roles, else "qwen" on user/assistant roles. `prompt` is the question of captioning rows. With
+    picks "datasets" for a Dataset or folder, and reads each record of a file in its own format: "qwen" when it has
+    <img> tags, "llava" otherwise. `prompt` is the question of captioning rows. With
     `on_bad_sample="skip"`, a JSON record that fails its checks is kept as a stand-in that raises when read (see
     VisionBridgeDataset) instead of stopping the load; a file that is not valid JSON still stops it.
     """
@@ -374,7 +403,7 @@ def load_training_data(
     records = _read_records(path)
     if not records:
         raise ValueError(f"{path} holds no records.")
-    convert = _from_llava if (_detect(records, path) if format == "auto" else format) == "llava" else _from_qwen
+    convert = {"auto": _from_either, "llava": _from_llava, "qwen": _from_qwen}[format]
     folder = Path(image_folder) if image_folder is not None else path.parent
     samples, errors = [], {}
     for index, record in enumerate(records):

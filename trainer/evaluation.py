@@ -13,6 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..processing.processing_visionbridge import VisionBridgeProcessor
+from .data import VisionBridgeDataset
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 SCORES = ("exact_match", "accuracy", "caption_overlap")
@@ -78,6 +79,8 @@ def evaluate(
     """{"exact_match", "accuracy", "caption_overlap": means over the samples, "count", "samples": [{"index",
     "reference", "answer", scores...}, ...]}; the reference is the assistant turn after the last user turn."""
     model.eval()
+    if isinstance(samples, VisionBridgeDataset):
+        samples.bind(processor)  # images marked with the processor's image token
     rows = []
     for start in tqdm(range(0, len(samples), batch_size), desc="evaluating", disable=not progress):
         batch = [samples[index] for index in range(start, min(start + batch_size, len(samples)))]

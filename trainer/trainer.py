@@ -16,7 +16,7 @@ from transformers.utils import logging
 
 from ..modeling.atomic_save import staged_folder
 from .arguments import VisionBridgeTrainingArguments
-from .bad_samples import SKIPPED, IndexedSamples
+from .bad_samples import DROPPED, SKIPPED, IndexedSamples
 from .callbacks import GradientCheck
 from .checkpoints import StagedCheckpoints
 from .collator import VisionBridgeCollator
@@ -72,6 +72,15 @@ def _check_collator(collator, on_bad_sample: str) -> None:
         )
 
 
+def _bind_data(processor, *datasets) -> None:
+    """Datasets from load_training_data mark images with the processor's image token and count its placeholders
+    (length grouping counts them); an evaluation set may be a dict of datasets."""
+    for dataset in datasets:
+        for part in dataset.values() if isinstance(dataset, dict) else [dataset]:
+            if isinstance(part, VisionBridgeDataset):
+                part.bind(processor)
+
+
 def _index_samples(dataset, collator, on_bad_sample: str):
     """The training data as the collator reads it: records numbered, bad ones skipped if asked (see bad_samples)."""
     if not isinstance(collator, VisionBridgeCollator) or dataset is None or isinstance(dataset, IterableDataset):
@@ -93,8 +102,8 @@ class VisionBridgeTrainer(StagedCheckpoints):
         model = prepare_model(model, args)
         processor = kwargs.get("processing_class")
         dataset = kwargs.get("train_dataset")
-        if isinstance(dataset, VisionBridgeDataset) and not dataset.image_seq_length and processor is not None:
-            dataset.image_seq_length = processor.image_seq_length  # so that length grouping counts images
+        if processor is not None:
+            _bind_data(processor, dataset, kwargs.get("eval_dataset"))
         if data_collator is None:
             if processor is None:
                 raise ValueError("Pass processing_class (the VisionBridgeProcessor) or a data_collator.")
@@ -121,6 +130,7 @@ class VisionBridgeTrainer(StagedCheckpoints):
         # Counted on the device, and read only when logged: reading them every step would wait for the device.
         self._supervised_tokens = self._total_tokens = 0
         self._skipped, self._skipped_reasons = 0, []  # samples skipped under on_bad_sample="skip"; the first reasons
+        self._dropped, self._dropped_reasons = 0, []  # samples over model_max_length; the first reasons
 
     def create_model_card(
         self,
@@ -213,17 +223,25 @@ class VisionBridgeTrainer(StagedCheckpoints):
 
     def train(self, *args, **kwargs):
         output = super().train(*args, **kwargs)
-        dropped = getattr(self.data_collator, "dropped_samples", 0)
+        # Each process drops and skips in its own share of the data.
+        dropped, skipped = (
+            int(total)
+            for total in self.accelerator.gather(
+                torch.tensor([[self._dropped, self._skipped]], device=self.args.device)
+            ).sum(0)
+        )
         if dropped:
-            logger.warning(f"{dropped} samples did not fit model_max_length without cutting an image and were dropped.")
-        output.metrics["dropped_samples"] = dropped
-        # Each process skips in its own share of the data.
-        skipped = int(self.accelerator.gather(torch.tensor([self._skipped], device=self.args.device)).sum())
+            first = "\n  ".join(self._dropped_reasons)
+            logger.warning(
+                f"{dropped} samples did not fit model_max_length without cutting an image and were dropped; the "
+                f"first on this process:\n  {first}"
+            )
         if skipped:
             first = "\n  ".join(self._skipped_reasons)
             logger.warning(
                 f"{skipped} bad samples were skipped (on_bad_sample='skip'); the first on this process:\n  {first}"
             )
+        output.metrics["dropped_samples"] = dropped
         output.metrics["skipped_samples"] = skipped
         return output
 
@@ -231,15 +249,18 @@ class VisionBridgeTrainer(StagedCheckpoints):
         """The Trainer's loss; where only the loss is needed (a training step, without label smoothing or a custom
         loss function), the model computes the LM head at labelled positions only (`loss_only`)."""
         inputs.pop(SKIPPED, None)  # evaluation batches; training_step has counted those of training
+        inputs.pop(DROPPED, None)
         if not return_outputs and self.label_smoother is None and self.compute_loss_func is None and "labels" in inputs:
             inputs = {**inputs, "loss_only": True}
         return super().compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)
 
     def training_step(self, model: nn.Module, inputs: dict, *args, **kwargs) -> torch.Tensor:
         # Counted here rather than in the collator, whose counters stay inside dataloader worker processes.
-        skipped = inputs.pop(SKIPPED, [])
+        skipped, dropped = inputs.pop(SKIPPED, []), inputs.pop(DROPPED, [])
         self._skipped += len(skipped)
         self._skipped_reasons += skipped[: 5 - len(self._skipped_reasons)]
+        self._dropped += len(dropped)
+        self._dropped_reasons += dropped[: 5 - len(self._dropped_reasons)]
         if "labels" in inputs:
             self._supervised_tokens += (inputs["labels"] != -100).sum()
             # A packed batch has no attention mask; its tokens are real but for the row ends of several rows.
