@@ -239,7 +239,7 @@ def test_indexed_samples_stand_in_for_a_sample_that_fails_to_load(tmp_path, imag
     skipping = IndexedSamples(data, "skip")
     assert skipping[0][RECORD] == 0 and len(skipping[0]["images"]) == 1
     assert skipping[1][RECORD] == 1 and "gone.jpg" in skipping[1][BAD_SAMPLE]
-    assert skipping.lengths == data.lengths
+    assert skipping.lengths(16) == data.lengths(16)
     with pytest.raises(FileNotFoundError, match="gone.jpg"):
         IndexedSamples(data, "raise")[1]
 

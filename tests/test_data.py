@@ -300,9 +300,9 @@ def test_lengths_grow_with_text_and_images_without_opening_files(tmp_path):
     ]
     path = _write(tmp_path / "llava.json", records)
     # The image files do not exist: lengths must not look at them.
-    data = load_training_data(path, image_seq_length=576)
-    assert data.lengths == [2, 11, 4 + 576, 6 + 2 * 576]
-    assert load_training_data(path).lengths == [2, 11, 4, 6]
+    data = load_training_data(path)
+    assert data.lengths(576) == [2, 11, 4 + 576, 6 + 2 * 576]
+    assert data.lengths(0) == [2, 11, 4, 6]
     with pytest.raises(FileNotFoundError):
         data[2]
 

@@ -264,9 +264,11 @@ def test_group_by_length_counts_the_image_tokens(make_model, photos, tmp_path):
     )
     sampler = trainer._get_train_sampler()
     assert isinstance(sampler, LengthGroupedSampler)
-    assert sampler.lengths == data.lengths
-    assert data.lengths[2] > data.lengths[0] > data.lengths[3]  # two images outweigh nine phrases
-    assert data.lengths[2] - data.lengths[3] >= 2 * processor.image_seq_length
+    # The placeholders per image are read from the processor, which reads them from the model config.
+    lengths = data.lengths(model.config.image_seq_length)
+    assert sampler.lengths == lengths
+    assert lengths[2] > lengths[0] > lengths[3]  # two images outweigh nine phrases
+    assert lengths[2] - lengths[3] >= 2 * processor.image_seq_length
 
 
 def test_two_process_cpu_run_under_torchrun(tmp_path):

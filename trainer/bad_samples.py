@@ -39,7 +39,6 @@ class IndexedSamples(Dataset):
             return {RECORD: index, BAD_SAMPLE: f"{type(error).__name__}: {error}"}
         return {**sample, RECORD: index}
 
-    @property
-    def lengths(self) -> list[int] | None:
-        """The wrapped dataset's length estimates for length-grouped sampling, when it has them."""
-        return getattr(self.dataset, "lengths", None)
+    def lengths(self, image_seq_length: int) -> list[int]:
+        """The wrapped dataset's length estimates for length-grouped sampling (see VisionBridgeDataset.lengths)."""
+        return self.dataset.lengths(image_seq_length)

@@ -121,18 +121,16 @@ class VisionBridgeDataset(Dataset):
     """Chat samples whose images open when read: `dataset[i]` is `{"messages": [...], "images": [PIL.Image, ...]}`.
 
     `records` hold image paths in place of images: `{"messages": [{"role", "content"}, ...], "images": [path, ...]}`.
-    They are checked here (see `_check_record`). `source` names the data in errors; `image_seq_length` is the
-    placeholder tokens each image becomes, counted by `lengths`; `image_token` is the token samples mark images
-    with (the trainer binds both to its processor's). With `on_bad_sample="skip"`, a record that fails its checks
-    stays in place, so indices keep naming records, and raises its error when read (for the trainer to skip);
-    `errors` are such failures found before, by record index.
+    They are checked here (see `_check_record`). `source` names the data in errors; `image_token` is the token
+    samples mark images with (the trainer binds it to its processor's). With `on_bad_sample="skip"`, a record that
+    fails its checks stays in place, so indices keep naming records, and raises its error when read (for the
+    trainer to skip); `errors` are such failures found before, by record index.
     """
 
     def __init__(
         self,
         records: list[dict],
         source: str = "the records",
-        image_seq_length: int = 0,
         on_bad_sample: str = "raise",
         errors: dict[int, str] | None = None,
     ):
@@ -154,13 +152,11 @@ class VisionBridgeDataset(Dataset):
             )
         self.records = records
         self.source = source
-        self.image_seq_length = image_seq_length
         self.image_token = IMAGE_TOKEN
 
     def bind(self, processor) -> "VisionBridgeDataset":
-        """Mark images with the processor's image token, and count its placeholders per image unless set."""
+        """Mark images with the processor's image token."""
         self.image_token = processor.image_token
-        self.image_seq_length = self.image_seq_length or processor.image_seq_length
         return self
 
     def __len__(self) -> int:
@@ -176,13 +172,12 @@ class VisionBridgeDataset(Dataset):
         ]
         return {"messages": messages, "images": self._open_images(index)}
 
-    @property
-    def lengths(self) -> list[int]:
+    def lengths(self, image_seq_length: int) -> list[int]:
         """Estimated tokens per sample for length-grouped sampling: text characters / 4, rounded up, plus
-        `image_seq_length` per image. Opens no image."""
+        `image_seq_length` (the placeholders each image becomes) per image. Opens no image."""
         return [
             math.ceil(sum(len(message["content"]) for message in record["messages"]) / 4)
-            + self.image_seq_length * len(record["images"])
+            + image_seq_length * len(record["images"])
             for record in self.records
         ]
 
@@ -201,8 +196,8 @@ class VisionBridgeDataset(Dataset):
 class _TableDataset(VisionBridgeDataset):
     """Captioning rows whose image column is a `datasets.Image` feature, decoded row by row on access."""
 
-    def __init__(self, records: list[dict], source: str, image_seq_length: int, images: "datasets.Dataset"):
-        super().__init__(records, source, image_seq_length)
+    def __init__(self, records: list[dict], source: str, images: "datasets.Dataset"):
+        super().__init__(records, source)
         self._images = images
 
     def _open_images(self, index: int) -> list[Image.Image]:
@@ -333,7 +328,6 @@ def _from_table(
     source: str,
     image_folder: str | os.PathLike | None,
     prompt: str | None,
-    image_seq_length: int,
 ) -> VisionBridgeDataset:
     datasets = import_datasets()
     if isinstance(table, datasets.DatasetDict):
@@ -351,14 +345,14 @@ def _from_table(
         records.append({"messages": answer, "images": [row]})
     feature = table.features["image"]
     if isinstance(feature, datasets.Image):
-        return _TableDataset(records, source, image_seq_length, table.select_columns(["image"]))
+        return _TableDataset(records, source, table.select_columns(["image"]))
     if not (isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")):
         raise ValueError(f"{source}: column 'image' holds {feature}; expected a datasets.Image feature or paths.")
     for row, (record, path) in enumerate(zip(records, table["image"], strict=True)):
         if not path:
             raise ValueError(f"record {row} of {source} has no image path in column 'image'.")
         record["images"] = [str(Path(image_folder, path)) if image_folder is not None else path]
-    return VisionBridgeDataset(records, source, image_seq_length)
+    return VisionBridgeDataset(records, source)
 
 
 def load_training_data(
@@ -366,7 +360,6 @@ def load_training_data(
     image_folder: str | os.PathLike | None = None,
     format: str = "auto",
     prompt: str | None = None,
-    image_seq_length: int = 0,
     on_bad_sample: str = "raise",
 ) -> VisionBridgeDataset:
     """Read LLaVA JSON/JSONL, Qwen-VL JSON or a captioning `datasets.Dataset` (or its save_to_disk folder).
@@ -383,7 +376,7 @@ def load_training_data(
         if format not in ("auto", "datasets"):
             raise ValueError(f"format={format!r} reads a JSON file, but a datasets.Dataset was passed.")
         source = f"the datasets.Dataset passed in ({path_or_dataset.num_rows} rows)"
-        return _from_table(path_or_dataset, source, image_folder, prompt, image_seq_length)
+        return _from_table(path_or_dataset, source, image_folder, prompt)
     path = Path(path_or_dataset)
     if not path.exists():
         raise FileNotFoundError(f"Training data {path} does not exist.")
@@ -393,7 +386,7 @@ def load_training_data(
         if not any((path / name).is_file() for name in ("dataset_info.json", "state.json", "dataset_dict.json")):
             raise ValueError(f"{path} is a folder but not one written by Dataset.save_to_disk (no state.json).")
         table = import_datasets().load_from_disk(str(path))
-        return _from_table(table, str(path), image_folder, prompt, image_seq_length)
+        return _from_table(table, str(path), image_folder, prompt)
     if format == "datasets":
         raise ValueError(f"format='datasets' needs a datasets.Dataset or a save_to_disk folder; {path} is a file.")
     if path.suffix not in (".json", ".jsonl"):
@@ -414,4 +407,4 @@ def load_training_data(
                 raise
             messages, paths, errors[index] = [], [], str(error)
         samples.append({"messages": messages, "images": [str(folder / image) for image in paths]})
-    return VisionBridgeDataset(samples, str(path), image_seq_length, on_bad_sample, errors)
+    return VisionBridgeDataset(samples, str(path), on_bad_sample, errors)

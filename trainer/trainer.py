@@ -73,8 +73,8 @@ def _check_collator(collator, on_bad_sample: str) -> None:
 
 
 def _bind_data(processor, *datasets) -> None:
-    """Datasets from load_training_data mark images with the processor's image token and count its placeholders
-    (length grouping counts them); an evaluation set may be a dict of datasets."""
+    """Datasets from load_training_data mark images with the processor's image token; an evaluation set may be a
+    dict of datasets."""
     for dataset in datasets:
         for part in dataset.values() if isinstance(dataset, dict) else [dataset]:
             if isinstance(part, VisionBridgeDataset):
@@ -278,9 +278,10 @@ class VisionBridgeTrainer(StagedCheckpoints):
         grouped = getattr(self.args, "group_by_length", False) or (
             getattr(self.args, "train_sampling_strategy", None) == "group_by_length"
         )
-        lengths = getattr(self.train_dataset, "lengths", None)
-        if grouped and lengths is not None:
+        data = self.train_dataset
+        if grouped and isinstance(data, IndexedSamples) and isinstance(data.dataset, VisionBridgeDataset):
             # The dataset's estimate counts each image's placeholder tokens, which the tokenizer cannot see.
             batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
-            return LengthGroupedSampler(batch, dataset=self.train_dataset, lengths=list(lengths))
+            lengths = data.lengths(self.processing_class.image_seq_length)
+            return LengthGroupedSampler(batch, dataset=data, lengths=lengths)
         return super()._get_train_sampler(*args, **kwargs)
