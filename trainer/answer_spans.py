@@ -6,8 +6,8 @@ those two prefixes for every answer costs the square of the conversation's lengt
 1,200 turns, where this takes 0.2 s). So the prefixes are rendered for the first and the last answer only. Every
 answer's span then starts the same distance after the end of the message before it, and ends the same distance
 after the end of its own text, as one rendering with the message texts marked shows; the text at those places is
-checked against the first and last answers'. A template that does not write message texts as they are, or writes something else around some
-answer, falls back to rendering both prefixes of every answer.
+checked against the first and last answers'. A template that does not write message texts as they are, or writes
+something else around some answer, falls back to rendering both prefixes of every answer.
 """
 
 from collections.abc import Callable
