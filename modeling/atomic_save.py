@@ -16,8 +16,7 @@ complete folder or the new complete one. So:
 Where the exchange is not available (another system, a filesystem without it), the old folder is renamed aside to
 `.NAME.being-replaced` and the new one renamed in; a save killed between those two renames leaves no `NAME` until
 the next save there renames it back. Where fcntl is missing (Windows), nothing is locked, and staging folders of
-dead saves stay. Standard library only: the model and processor files that import this are copied into saved
-folders as remote code.
+dead saves stay.
 """
 
 import ctypes
