@@ -11,6 +11,7 @@ a LLaMA-shaped LM) learn scikit-learn's handwritten digits, then answer question
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -142,6 +143,9 @@ def parse_arguments(argv: list[str] | None = None):
     if "--help-all" in argv:
         print(full_help())
         raise SystemExit(0)
+    if any(arg.split("=")[0] == "--deepspeed" for arg in argv) and importlib.util.find_spec("deepspeed") is None:
+        # The arguments' own check would fail with a traceback naming a distribution.
+        raise UsageError("--deepspeed needs DeepSpeed, which is not installed: pip install 'visionbridge[deepspeed]'")
     parser = _full_parser(add_help=False)
     try:
         *parsed, remaining = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)

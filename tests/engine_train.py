@@ -1,15 +1,17 @@
-"""One engine on two gloo processes, one of which trains and evaluates on text-only batches only, against one process.
+"""One engine on two processes, one of which trains and evaluates on text-only batches only, against one process.
 
     torchrun --nproc_per_node 2 with_cpu_engines.py engine_train.py OUT zero2|zero3
     accelerate launch --config_file ../examples/fsdp2.yaml --num_processes 2 --mixed_precision no \\
         with_cpu_engines.py engine_train.py OUT fsdp2
     python engine_train.py OUT single     # the reference: the same 4 samples per step, 2 micro-batches of 2
 
-The samples and their order are ddp_mixed_train.py's: rank 0 gets an image in every batch, rank 1 none; the image
-start/end embeddings are on. Each run trains STEPS steps with AdamW (the connector at twice the LoRA rate) and a
-linear schedule, checkpointing half-way, saves the adapter and scores the same samples as evaluation data; the
-engines then train again from the half-way checkpoint in the same process. Writes OUT/base-<mode> (the base model,
-saved before training), OUT/adapter-<mode> (and OUT/adapter-single-initial, the adapter before training) and
+On CPU over gloo, in fp32; with a last argument `cuda`, on GPUs in bf16 (gpu_engines.py launches it so, one process
+per GPU, two at most, without with_cpu_engines.py). The samples and their order are ddp_mixed_train.py's: with two
+processes, rank 0 gets an image in every batch and rank 1 none; the image start/end embeddings are on. Each run
+trains STEPS steps of 4 samples with AdamW (the connector at twice the LoRA rate) and a linear schedule,
+checkpointing half-way, saves the adapter and scores the same samples as evaluation data; the engines then train
+again from the half-way checkpoint in the same process. Writes OUT/base-<mode> (the base model, saved before
+training), OUT/adapter-<mode> (and OUT/adapter-single-initial, the adapter before training) and
 OUT/<mode>-<rank>.json: what ran, images seen per batch, the logged losses, those after resuming, the evaluation loss,
 the weights held whole when training starts, the optimizer groups' learning rates at the first step and the number
 of sample answers given during training (SampleAnswersCallback, at the last step).
@@ -80,9 +82,12 @@ def _engine(trainer) -> dict:
     }
 
 
-def main(out: str, mode: str) -> None:
+def main(out: str, mode: str, device: str = "cpu") -> None:
     out, distributed = Path(out), mode != "single"
-    rank = int(os.environ.get("RANK", 0))
+    rank, processes = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    on_device = (
+        {"use_cpu": False, "bf16": True} if device == "cuda" else {"ddp_backend": "gloo" if distributed else None}
+    )
     components = build_tiny_components(out / f"components-{mode}-{rank}")
     # Both models are built before any training arguments: under ZeRO-3 those make from_pretrained partition.
     models = []
@@ -106,7 +111,7 @@ def main(out: str, mode: str) -> None:
             lora_dropout=0.0,
             per_device_train_batch_size=2,
             per_device_eval_batch_size=2,
-            gradient_accumulation_steps=1 if distributed else 2,
+            gradient_accumulation_steps=2 // processes,
             average_tokens_across_devices=True,
             # An optimizer with state, which resuming must restore. Its epsilon at 1 keeps AdamW from scaling float
             # noise in near-zero gradients up to whole steps: the weights move by about -lr x gradient, with momentum.
@@ -119,8 +124,8 @@ def main(out: str, mode: str) -> None:
             logging_steps=1,
             save_strategy="steps",
             save_steps=STEPS // 2,
-            ddp_backend="gloo" if distributed else None,
             deepspeed=deepspeed_config(mode),
+            **on_device,
             **settings,
         )
         return InOrderTrainer(
