@@ -104,7 +104,7 @@ def main(out: str, mode: str, device: str = "cpu") -> None:
         seen.append(sum(len(sample["images"]) for sample in batch))
         return collator(batch)
 
-    def trainer_for(model, **settings) -> InOrderTrainer:
+    def trainer_for(model) -> InOrderTrainer:
         args = cpu_args(
             out / f"run-{mode}",
             stage="instruct",
@@ -126,7 +126,6 @@ def main(out: str, mode: str, device: str = "cpu") -> None:
             save_steps=STEPS // 2,
             deepspeed=deepspeed_config(mode),
             **on_device,
-            **settings,
         )
         return InOrderTrainer(
             model=model,
