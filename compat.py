@@ -71,6 +71,10 @@ TRAINING_ARGUMENTS_HAVE_OVERWRITE_OUTPUT_DIR = not TRANSFORMERS_5
 # 4.x rotates checkpoints in a Trainer method, 5.x in a function of trainer_utils.
 TRAINER_ROTATES_IN_A_METHOD = not TRANSFORMERS_5
 
+# 5.x's Trainer has FSDP2 gather the model's top-level weights around `generate` as around forward
+# (torch's register_fsdp_forward_method); under 4.x, generate meets them sharded.
+TRAINER_GATHERS_FSDP_WEIGHTS_FOR_GENERATE = TRANSFORMERS_5
+
 # A processor names its attributes' classes on 4.x; 5.x infers them from __init__.
 PROCESSORS_NAME_ATTRIBUTE_CLASSES = not TRANSFORMERS_5
 

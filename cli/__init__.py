@@ -7,6 +7,7 @@ loads: as one line on stderr, with exit code 2. `visionbridge COMMAND --help` de
 
 import difflib
 import importlib
+import logging
 import sys
 
 from .usage import UsageError
@@ -27,6 +28,13 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def _quiet_deepspeed_probe() -> None:
+    """Where DeepSpeed is installed, accelerate imports it whenever a model is saved (to unwrap a DeepSpeed engine),
+    and on a machine without a GPU DeepSpeed then warns that it runs on its CPU accelerator: noise in a run that does
+    not use DeepSpeed, and no news to one that does."""
+    logging.getLogger("DeepSpeed").addFilter(lambda record: "Setting accelerator to CPU" not in record.getMessage())
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
@@ -43,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
             close = difflib.get_close_matches(command, COMMANDS, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise UsageError(f"unknown command {command!r}{hint}; commands: {', '.join(COMMANDS)}")
+        _quiet_deepspeed_probe()
         module = importlib.import_module(f".{COMMANDS[command][0]}", __name__)
         module.main(argv[1:])
     except UsageError as error:

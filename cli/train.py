@@ -11,6 +11,7 @@ a LLaMA-shaped LM) learn scikit-learn's handwritten digits, then answer question
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -142,6 +143,9 @@ def parse_arguments(argv: list[str] | None = None):
     if "--help-all" in argv:
         print(full_help())
         raise SystemExit(0)
+    if any(arg.split("=")[0] == "--deepspeed" for arg in argv) and importlib.util.find_spec("deepspeed") is None:
+        # The arguments' own check would fail with a traceback naming a distribution.
+        raise UsageError("--deepspeed needs DeepSpeed, which is not installed: pip install 'visionbridge[deepspeed]'")
     parser = _full_parser(add_help=False)
     try:
         *parsed, remaining = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
@@ -221,20 +225,46 @@ def _no_loading_bars():
             logging.enable_progress_bar()
 
 
-def build_model(model_args: ModelArguments, output_dir: Path):
-    """(model, processor, base folder): the base is saved before training, so the adapter has a base to load on."""
+@contextmanager
+def _one_process_writes(training_args):
+    """Yield whether this process writes the run's shared files (the built-in data, components and base model):
+    one process writes them (each machine's first with --save_on_each_node, else the first of the run) while the
+    others wait, every process having checked the output folder before anything is written there. Every model built
+    in the block is whole in this process: a DeepSpeed ZeRO-3 config in the arguments makes transformers build each
+    model partitioned across the processes (from_pretrained, from_config), which neither the built-in components nor
+    the saved base survive; the engine shards the model when training starts."""
+    import torch
+    from transformers.integrations.deepspeed import set_hf_deepspeed_config, unset_hf_deepspeed_config
+
+    if training_args.world_size > 1:
+        torch.distributed.barrier()
+    if training_args.deepspeed:
+        unset_hf_deepspeed_config()
+    try:
+        with training_args.main_process_first(local=training_args.save_on_each_node, desc="writing the base model"):
+            yield training_args.should_save
+    finally:
+        if training_args.deepspeed:
+            set_hf_deepspeed_config(training_args.hf_deepspeed_config)
+
+
+def build_model(model_args: ModelArguments, output_dir: Path, writes: bool = True):
+    """(model, processor, base folder): the base is saved before training, so the adapter has a base to load on.
+    Joined from its components and saved to OUT/base by the process that `writes`; the others load that base."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from ..modeling import from_components
     from ..modeling.tiny_components import TINY_CONNECTOR_SETTINGS, build_tiny_components
 
-    if model_args.model is not None:
-        remote = model_args.trust_remote_code
-        model = AutoModelForImageTextToText.from_pretrained(model_args.model, trust_remote_code=remote)
-        processor = AutoProcessor.from_pretrained(model_args.model, trust_remote_code=remote)
-        return model, processor, model_args.model
+    remote = model_args.trust_remote_code
+    built_in = model_args.model is None and model_args.vision_model is None
+    if model_args.model is not None or not writes:
+        source = model_args.model or str(output_dir / "base")
+        with _no_loading_bars() if built_in else nullcontext():
+            model = AutoModelForImageTextToText.from_pretrained(source, trust_remote_code=remote)
+            processor = AutoProcessor.from_pretrained(source, trust_remote_code=remote)
+        return model, processor, source
     vision, language = model_args.vision_model, model_args.language_model
-    built_in = vision is None
     with _no_loading_bars() if built_in else nullcontext():
         if built_in:
             vision, language = build_tiny_components(output_dir / "components")
@@ -243,7 +273,7 @@ def build_model(model_args: ModelArguments, output_dir: Path):
             language,
             connector=model_args.connector,
             connector_config=TINY_CONNECTOR_SETTINGS.get(model_args.connector) if built_in else None,
-            trust_remote_code=model_args.trust_remote_code,
+            trust_remote_code=remote,
             vision_feature_layer=model_args.vision_feature_layer,
             vision_feature_select=model_args.vision_feature_select,
             image_aspect_ratio=model_args.image_aspect_ratio,
@@ -260,40 +290,50 @@ def main(argv: list[str] | None = None) -> None:
     check(model_args, data_args, training_args)
 
     from ..trainer import VisionBridgeTrainer, load_training_data
+    from ..trainer.digits import digits_files, write_digits_data
     from ..trainer.evaluation import evaluate
     from .common import show_answers
 
     output_dir = Path(training_args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    eval_path = data_args.eval_data_path
-    if data_args.data_path is None:
-        from ..trainer.digits import write_digits_data
-
-        kinds = tuple(kind.strip() for kind in data_args.digits_kinds.split(","))
-        digits = write_digits_data(output_dir / "digits", kinds=kinds)
-        data_path, eval_path = digits["train"], eval_path or digits["held_out"]
-        print(f"built-in task: {data_path} (training) and {digits['held_out']} (held out, never trained on)")
-    else:
-        data_path = data_args.data_path
+    with _one_process_writes(training_args) as writes:
+        eval_path = data_args.eval_data_path
+        if data_args.data_path is None:
+            kinds = tuple(kind.strip() for kind in data_args.digits_kinds.split(","))
+            digits = (
+                write_digits_data(output_dir / "digits", kinds=kinds) if writes else digits_files(output_dir / "digits")
+            )
+            data_path, eval_path = digits["train"], eval_path or digits["held_out"]
+            if writes:
+                print(f"built-in task: {data_path} (training) and {digits['held_out']} (held out, never trained on)")
+        else:
+            data_path = data_args.data_path
+        model, processor, base = build_model(model_args, output_dir, writes)
     try:
         train_data = load_training_data(
             data_path, data_args.image_folder, format=data_args.data_format, on_bad_sample=training_args.on_bad_sample
         )
     except (ValueError, ImportError) as error:
         raise UsageError(str(error)) from None
-    model, processor, base = build_model(model_args, output_dir)
 
     trainer = VisionBridgeTrainer(model=model, args=training_args, train_dataset=train_data, processing_class=processor)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
-    print(f"saved the {'adapter' if training_args.uses_lora else 'model'} to {output_dir} (base model: {base})")
+    first = trainer.is_world_process_zero()
+    if first:
+        print(f"saved the {'adapter' if training_args.uses_lora else 'model'} to {output_dir} (base model: {base})")
     if training_args.push_to_hub:
         trainer.push_to_hub(finetuned_from=base if not Path(base).exists() else None)
 
-    if eval_path is not None and trainer.is_world_process_zero():
+    if eval_path is not None:
+        # Every process generates every answer: under ZeRO-3 and FSDP each forward gathers the weights from all of
+        # them. The first one writes the report.
         eval_data = load_training_data(eval_path, data_args.image_folder, format=data_args.data_format)
-        report = evaluate(trainer.model, processor, eval_data, max_new_tokens=data_args.eval_max_new_tokens)
-        report_path = output_dir / "eval_report.json"
-        report_path.write_text(json.dumps({"data": str(eval_path), **report}, indent=1))
-        show_answers(eval_data, report)
-        print(f"report: {report_path}")
+        report = evaluate(
+            trainer.model, processor, eval_data, max_new_tokens=data_args.eval_max_new_tokens, progress=first
+        )
+        if first:
+            report_path = output_dir / "eval_report.json"
+            report_path.write_text(json.dumps({"data": str(eval_path), **report}, indent=1))
+            show_answers(eval_data, report)
+            print(f"report: {report_path}")

@@ -89,8 +89,8 @@ def labelled_loss(
     if not len(targets):
         return hidden.sum() * 0.0  # no label in the batch: a zero that keeps the graph
     denominator = num_items_in_batch if num_items_in_batch is not None else labelled.sum()
-    vocab = language_model.get_output_embeddings().weight.shape[0]
-    size = max(1, CHUNK_BYTES // (4 * vocab))
+    # From the config: a sharded engine (ZeRO-3) holds the head's weight only while the head runs.
+    size = max(1, CHUNK_BYTES // (4 * language_model.config.vocab_size))
     loss = partial(_chunk_loss, language_model, denominator=denominator)
     if len(targets) <= size:
         return loss(hidden, targets)

@@ -17,6 +17,8 @@ from transformers import (
     PreTrainedModel,
 )
 from transformers.cache_utils import Cache
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+from transformers.integrations.fsdp import is_fsdp_managed_module
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ..compat import CHECKPOINTING_IS_REENTRANT_BY_DEFAULT, copy_, legacy_vision_prefix
@@ -52,7 +54,7 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
     config_class = VisionBridgeConfig
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
-    _no_split_modules = []  # transformers adds the sub-models' own no-split modules
+    _no_split_modules = []  # the parts' own, set in __init__
     # The connector (and the image start/end embeddings, where the model has them) train and run in fp32 whatever
     # the LLM's dtype, as BLIP-2 keeps its Q-Former; image features enter the LLM in its own dtype.
     _keep_in_fp32_modules_strict = ["connector"]
@@ -99,6 +101,16 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
         self.register_load_state_dict_pre_hook(_read_saved_vision_layout)
         self.register_load_state_dict_pre_hook(check_loaded_state_dict)
         self.post_init()
+        self._no_split_modules = self._blocks_of_the_parts()
+
+    def _blocks_of_the_parts(self) -> set[str]:
+        """The classes the tower and the LM keep whole (their `_no_split_modules`) that this model holds: what
+        device_map keeps on one device and FSDP's default auto-wrap shards as one unit. A part lists classes of its
+        whole family (a CLIP vision tower names CLIPTextEmbeddings), and FSDP refuses a name it cannot find;
+        transformers 5 gathers the parts' lists in post_init, 4.x does not."""
+        held = {type(module).__name__ for module in self.modules()}
+        listed = {name for part in (self.vision_tower, self.language_model) for name in part._no_split_modules or []}
+        return listed & held
 
     @classmethod
     def from_pretrained(
@@ -225,12 +237,13 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
             inputs_embeds = self.get_input_embeddings()(input_ids)  # [B, T, D_text]
         image_features = None if pixel_values is None else self.get_image_features(pixel_values)
         inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, image_features)
+        if pixel_values is None and self._runs_a_blank_image(cache):
+            # Where the image features would enter: every rank's backward reaches the image path in the same order.
+            inputs_embeds = inputs_embeds + self._unused_image_path(inputs_embeds)
         if self.image_boundary is not None:
             start = self._image_token_mask(input_ids, inputs_embeds, self.config.image_start_token_id)
             end = self._image_token_mask(input_ids, inputs_embeds, self.config.image_end_token_id)
             inputs_embeds = self.image_boundary(inputs_embeds, start, end)
-        if pixel_values is None and self._image_path_needs_a_gradient():
-            inputs_embeds = inputs_embeds + self._unused_image_path(inputs_embeds)
         if attention_mask is None and position_ids is not None and cache is None:
             # Packed samples are kept apart by their restarting position_ids only while no KV cache is being built.
             kwargs.setdefault("use_cache", False)
@@ -272,23 +285,33 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
                 f"{position_ids.shape[0]} rows: lay them end to end ([1, rows * length]), as the trainer packs."
             )
 
-    def _image_path_needs_a_gradient(self) -> bool:
-        """In training with autograd on, whether the image path holds weights that train."""
-        if not (self.training and torch.is_grad_enabled()):
+    def _runs_a_blank_image(self, cache: Cache | None) -> bool:
+        """Whether a forward without images runs a blank image through the vision tower and connector, weighted by
+        zero: in training, when those hold weights that train, so that every DDP rank reduces the same tensors; and
+        wherever the processes gather each module's weights as it runs (ZeRO-3, FSDP), in every forward but a
+        decoding step (where no rank feeds images), so that every rank runs the same modules."""
+        if self.training and torch.is_grad_enabled():
+            parts = (self.vision_tower, self.connector)
+            if any(parameter.requires_grad for part in parts for parameter in part.parameters()):
+                return True
+        decoding = cache is not None and (not isinstance(cache, Cache) or cache.get_seq_length() > 0)
+        return not decoding and self._ranks_run_in_lockstep()
+
+    def _ranks_run_in_lockstep(self) -> bool:
+        """Whether this is one of several processes whose engine gathers each module's weights as it runs (ZeRO-3,
+        FSDP): the test transformers' generate makes to keep such processes in step (`synced_gpus`)."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
             return False
-        parts = (self.vision_tower, self.connector, self.image_boundary)
-        return any(parameter.requires_grad for part in parts if part is not None for parameter in part.parameters())
+        return torch.distributed.get_world_size() > 1 and (is_deepspeed_zero3_enabled() or is_fsdp_managed_module(self))
 
     def _unused_image_path(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
-        """A zero that depends on every weight of the image path: a blank image through tower and connector, and
-        the boundary embeddings. Added to a training batch without images, it gives those weights an exact zero
-        gradient instead of none, so that every DDP rank reduces the same tensors whatever its batch holds."""
+        """A zero that depends on every weight of the tower and connector: a blank image through both. Added to a
+        batch without images, it gives those weights an exact zero gradient instead of none. The image start/end
+        embeddings need no such term: their own forward runs on every batch (a sharded engine holds their weights
+        only there)."""
         side = self.config.vision_config.image_size
         blank = inputs_embeds.new_zeros(1, 3, side, side)  # [1, 3, H, W]
-        total = self.get_image_features(blank).float().mean()
-        if self.image_boundary is not None:
-            total = total + self.image_boundary.embeddings.float().mean()
-        return (0.0 * total).to(inputs_embeds.dtype)
+        return (0.0 * self.get_image_features(blank).float().mean()).to(inputs_embeds.dtype)
 
     def prepare_inputs_for_generation(self, *args, pixel_values: torch.Tensor | None = None, **kwargs) -> dict:
         model_inputs = super().prepare_inputs_for_generation(*args, **kwargs)

@@ -13,6 +13,7 @@ from visionbridge.modeling.tiny_components import TINY_CONNECTOR_SETTINGS, build
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(2)
+pytest.register_assert_rewrite("engine_checks")  # its assertions report their values, as the tests' own do
 
 
 @pytest.fixture(scope="session")

@@ -37,10 +37,11 @@ class InOrderTrainer(VisionBridgeTrainer):
         return SequentialSampler(self.train_dataset)
 
 
-def _samples() -> list[dict]:
+def mixed_samples(steps: int = STEPS) -> list[dict]:
+    """4 samples per step, in order: an image sample, then three text-only ones."""
     digits = load_digits()
     samples = []
-    for index in range(STEPS * 4):
+    for index in range(steps * 4):
         label = int(digits.target[index])
         with_image = index % 4 == 0  # the first sample of each even batch
         question = "<image>\nWhat digit is this?" if with_image else f"Say the digit {label}."
@@ -87,7 +88,7 @@ def main(out: str) -> None:
         ddp_backend="gloo" if distributed else None,
     )
     trainer = InOrderTrainer(
-        model=model, args=args, train_dataset=_samples(), processing_class=processor, data_collator=collate
+        model=model, args=args, train_dataset=mixed_samples(), processing_class=processor, data_collator=collate
     )
     trainable = {name: p for name, p in trainer.model.named_parameters() if p.requires_grad}
     if trainer.is_world_process_zero():

@@ -100,3 +100,23 @@ def test_mixed_batches_under_two_process_ddp_match_one_process(tmp_path):
             f"{name}: updates differ by up to {(ddp_update - single_update).abs().max()}"
         )
     assert reports["ddp-0"]["losses"] == pytest.approx(reports["single-0"]["losses"], rel=1e-5)
+
+
+def test_processes_in_lockstep_run_the_blank_image_in_every_forward_but_decoding(
+    make_model, digit_samples, monkeypatch
+):
+    # Under ZeRO-3 and FSDP (here: as the model would find them) every process must run the same modules: a batch
+    # without images runs the blank image in evaluation and at generate's first forward, never at a decoding step.
+    model, processor = make_model(mm_use_im_start_end=True)
+    batch = VisionBridgeCollator(processor)(_text_only(digit_samples, 2))
+    with torch.no_grad():
+        expected = model(**batch).logits
+    tower_calls = []
+    model.vision_tower.register_forward_pre_hook(lambda *args: tower_calls.append(1))
+    monkeypatch.setattr(type(model), "_ranks_run_in_lockstep", lambda self: True)
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, expected)  # the blank image adds an exact zero
+    assert len(tower_calls) == 1
+    prompt = processor(text=["Say a digit."], return_tensors="pt")
+    output = model.generate(**prompt, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    assert output.shape[1] == prompt["input_ids"].shape[1] + 4 and len(tower_calls) == 2  # the first forward only

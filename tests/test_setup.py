@@ -150,18 +150,19 @@ def test_pyproject_leaves_torch_unpinned_and_optional_parts_in_extras():
     text = (ROOT / "pyproject.toml").read_text()
     requirements = {re.split(r"[<>=!~\[ ]", line, maxsplit=1)[0]: line for line in _toml_list(text, "dependencies")}
     assert "torch" in requirements and "<" not in requirements["torch"]  # GPU users keep the torch they have
-    assert not {"datasets", "scikit-learn", "trl"} & set(requirements)  # inference and training need none of them
+    assert not {"datasets", "scikit-learn", "trl", "deepspeed"} & set(requirements)  # inference and training: none
     assert any(line.startswith("scikit-learn") for line in _toml_list(text, "demo"))
     assert any(line.startswith("datasets") for line in _toml_list(text, "datasets"))
     assert any(line.startswith("trl") for line in _toml_list(text, "trl"))
-    assert "visionbridge[demo,datasets,trl]" in _toml_list(text, "test")  # run.sh's install covers the whole suite
+    assert any(line.startswith("deepspeed") for line in _toml_list(text, "deepspeed"))
+    assert "visionbridge[demo,datasets,trl,deepspeed]" in _toml_list(text, "test")  # run.sh's install: the whole suite
 
 
 def _core_site(tmp_path: Path) -> Path:
-    """A site folder with every installed package but the extras' (scikit-learn, datasets, trl)."""
+    """A site folder with every installed package but the extras' (scikit-learn, datasets, trl, deepspeed)."""
     site = tmp_path / "site"
     site.mkdir()
-    extras = {"sklearn", "scikit_learn", "datasets", "trl", "visionbridge"}
+    extras = {"sklearn", "scikit_learn", "datasets", "trl", "deepspeed", "visionbridge"}
     for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
         if re.split(r"[-.]", entry.name)[0].lower() not in extras and not entry.name.startswith("__editable__"):
             (site / entry.name).symlink_to(entry)
@@ -173,7 +174,7 @@ CORE_CHECK = """
 import importlib.util, json, sys
 from pathlib import Path
 
-assert importlib.util.find_spec("sklearn") is None and importlib.util.find_spec("datasets") is None
+assert not any(importlib.util.find_spec(extra) for extra in ("sklearn", "datasets", "trl", "deepspeed"))
 import torch
 from PIL import Image
 
@@ -226,4 +227,16 @@ def test_a_core_install_runs_inference_and_names_the_extras(tmp_path):
     assert command.stderr.strip().splitlines() == [
         "visionbridge train: the built-in digits task (no --data_path): The built-in digits task needs scikit-learn, "
         "which is not installed: pip install 'visionbridge[demo]'."
+    ]
+    deepspeed = subprocess.run(
+        [sys.executable, "-S", "-m", "visionbridge", "train", "--output_dir", str(tmp_path / "run")]
+        + ["--deepspeed", str(ROOT / "examples" / "ds_zero3.json")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert (deepspeed.returncode, deepspeed.stdout) == (2, "")
+    assert deepspeed.stderr.strip().splitlines() == [
+        "visionbridge train: --deepspeed needs DeepSpeed, which is not installed: pip install 'visionbridge[deepspeed]'"
     ]

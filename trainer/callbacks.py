@@ -1,4 +1,5 @@
-"""Callbacks of VisionBridgeTrainer: the first-step gradient check and sample answers during training."""
+"""Callbacks of VisionBridgeTrainer: the first-step gradient check, generation under FSDP2 and sample answers during
+training."""
 
 from PIL import Image
 from torch import nn
@@ -50,9 +51,26 @@ class GradientCheck(TrainerCallback):
             )
 
 
+class GenerateUnderFsdp(TrainerCallback):
+    """Under FSDP2, `generate` runs FSDP's pre- and post-forward hooks as forward does, so that the weights FSDP
+    holds at the model's top level are gathered for it (the sample answers below and `visionbridge train
+    --eval_data_path` generate with the model being trained). transformers 5's Trainer does this itself."""
+
+    def __init__(self):
+        self.registered = set()
+
+    def on_train_begin(self, args, state, control, model: nn.Module | None = None, **kwargs):
+        from torch.distributed.fsdp import register_fsdp_forward_method
+
+        if model is not None and id(model) not in self.registered:
+            register_fsdp_forward_method(model, "generate")  # nothing for a model that FSDP does not shard
+            self.registered.add(id(model))
+
+
 class SampleAnswersCallback(TrainerCallback):
     """Generate answers to fixed (image, question) pairs every `every_n_steps` steps and log them, as xtuner's
-    evaluation_inputs do. `history` keeps (step, question, answer) for every answer given."""
+    evaluation_inputs do. `history` keeps (step, question, answer) for every answer given. Every process generates
+    (under ZeRO-3 and FSDP each forward gathers the weights from all of them); the first one logs."""
 
     def __init__(self, processor, samples: list[tuple[Image.Image, str]], every_n_steps: int, max_new_tokens: int = 32):
         self.processor = processor
@@ -62,7 +80,7 @@ class SampleAnswersCallback(TrainerCallback):
         self.history: list[tuple[int, str, str]] = []
 
     def on_step_end(self, args, state, control, model: nn.Module | None = None, **kwargs):
-        if state.global_step % self.every_n_steps or model is None or not state.is_world_process_zero:
+        if state.global_step % self.every_n_steps or model is None:
             return
         was_training = model.training
         model.eval()
@@ -73,5 +91,6 @@ class SampleAnswersCallback(TrainerCallback):
             output = model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
             answer = self.processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
             self.history.append((state.global_step, question, answer))
-            logger.info(f"step {state.global_step} | {question} -> {answer}")
+            if state.is_world_process_zero:
+                logger.info(f"step {state.global_step} | {question} -> {answer}")
         model.train(was_training)

@@ -15,6 +15,7 @@ QUESTION = "What digit is this?"
 CAPTION_PROMPT = "Write a short caption for the image."
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 KINDS = ("question", "caption")
+PARTS = ("train", "held_out")
 
 
 def sklearn_datasets():
@@ -50,6 +51,11 @@ def answer_for(kind: str, label: int) -> str:
     return str(label) if kind == "question" else f"A handwritten digit {DIGIT_WORDS[label]}."
 
 
+def digits_files(folder: str | Path) -> dict[str, Path]:
+    """{"train": path, "held_out": path}: the data files `write_digits_data` writes under `folder`."""
+    return {part: Path(folder) / f"{part}.json" for part in PARTS}
+
+
 def write_digits_data(folder: str | Path, kinds: tuple[str, ...] = ("question",), limit: int | None = None) -> dict:
     """Write images/ and train.json + held_out.json (LLaVA format, one record per digit and kind) under `folder`.
 
@@ -63,7 +69,7 @@ def write_digits_data(folder: str | Path, kinds: tuple[str, ...] = ("question",)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     digits = sklearn_datasets().load_digits()
     result = {"labels": {}}
-    for part, indices in zip(("train", "held_out"), split_indices(digits.target), strict=True):
+    for part, indices in zip(PARTS, split_indices(digits.target), strict=True):
         indices = np.random.default_rng(1).permutation(indices)[:limit].tolist()
         records, labels = [], []
         for index in indices:
@@ -77,7 +83,7 @@ def write_digits_data(folder: str | Path, kinds: tuple[str, ...] = ("question",)
                 conversation.append({"from": "gpt", "value": answer_for(kind, label)})
                 records.append({"id": f"digit-{index}-{kind}", "image": name, "conversations": conversation})
                 labels.append(label)
-        path = folder / f"{part}.json"
+        path = digits_files(folder)[part]
         path.write_text(json.dumps(records, indent=1))
         result[part] = path
         result["labels"][part] = labels

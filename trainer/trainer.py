@@ -14,10 +14,11 @@ from torch.utils.data import IterableDataset
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.utils import logging
 
+from ..compat import TRAINER_GATHERS_FSDP_WEIGHTS_FOR_GENERATE
 from ..modeling.atomic_save import staged_folder
 from .arguments import VisionBridgeTrainingArguments
 from .bad_samples import DROPPED, SKIPPED, IndexedSamples
-from .callbacks import GradientCheck
+from .callbacks import GenerateUnderFsdp, GradientCheck
 from .checkpoints import StagedCheckpoints
 from .collator import VisionBridgeCollator
 from .data import VisionBridgeDataset
@@ -127,6 +128,8 @@ class VisionBridgeTrainer(StagedCheckpoints):
         super().__init__(model=model, args=args, data_collator=data_collator, **kwargs)
         self.gradient_check = GradientCheck(enabled=not (self.is_deepspeed_enabled or self.is_fsdp_enabled))
         self.add_callback(self.gradient_check)
+        if self.is_fsdp_enabled and not TRAINER_GATHERS_FSDP_WEIGHTS_FOR_GENERATE:
+            self.add_callback(GenerateUnderFsdp())
         # Counted on the device, and read only when logged: reading them every step would wait for the device.
         self._supervised_tokens = self._total_tokens = 0
         self._skipped, self._skipped_reasons = 0, []  # samples skipped under on_bad_sample="skip"; the first reasons
