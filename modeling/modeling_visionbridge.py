@@ -315,11 +315,12 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
 
     def prepare_inputs_for_generation(self, *args, pixel_values: torch.Tensor | None = None, **kwargs) -> dict:
         model_inputs = super().prepare_inputs_for_generation(*args, **kwargs)
-        # Images are encoded when their placeholders are fed (the prefill, or a new turn over a reused cache);
-        # later steps read them from the KV cache.
+        # Images are encoded when their placeholders are fed with a prompt (the prefill, or a new turn over a reused
+        # cache); decoding steps feed one token, which may be a sampled placeholder id, and read the images from the
+        # KV cache.
         input_ids = model_inputs.get("input_ids")
         if input_ids is not None:
-            feeds_images = bool((input_ids == self.config.image_token_id).any())
+            feeds_images = input_ids.shape[1] > 1 and bool((input_ids == self.config.image_token_id).any())
         else:
             cache = model_inputs.get("cache", model_inputs.get("past_key_values"))
             feeds_images = not isinstance(cache, Cache) or cache.get_seq_length() == 0

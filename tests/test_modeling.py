@@ -1,6 +1,7 @@
 import pytest
 import torch
 from PIL import Image
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from visionbridge import VisionBridgeForConditionalGeneration
 
@@ -82,6 +83,25 @@ def test_vision_tower_runs_once_per_generate_call(make_model):
     model.generate(**inputs, max_new_tokens=5, min_new_tokens=5, do_sample=False)
     handle.remove()
     assert len(calls) == 1
+
+
+def test_a_sampled_placeholder_id_is_decoded_as_a_token(make_model):
+    """A decoding step that feeds the image placeholder's id (sampled, or forced as here) reads the images from the
+    KV cache like any other step instead of encoding them again."""
+    model, processor = make_model()
+    inputs = processor(images=_images(1), text="<image> hi")
+    prompt = inputs["input_ids"].shape[1]
+
+    class PlaceholderFirst(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            if input_ids.shape[1] == prompt:
+                scores = torch.full_like(scores, -1e9)
+                scores[:, model.config.image_token_id] = 0.0
+            return scores
+
+    forced = LogitsProcessorList([PlaceholderFirst()])
+    new = model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False, logits_processor=forced)
+    assert new[0, prompt].item() == model.config.image_token_id and new.shape[1] == prompt + 3
 
 
 def test_gradient_checkpointing_with_frozen_tower_and_embeddings(make_model):
