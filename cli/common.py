@@ -10,6 +10,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from .. import register_auto_classes
 from ..modeling.atomic_save import staged_folder
+from ..modeling.saving import MODEL_FILES
 from .usage import UsageError
 
 
@@ -55,7 +56,7 @@ def save_complete(destination: str | Path, model, processor, args=None) -> None:
     a folder that looks complete."""
     from ..trainer.model_card import render_model_card
 
-    with staged_folder(destination) as staging:
+    with staged_folder(destination, stale=MODEL_FILES) as staging:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
         render_model_card(model, Path(destination).name, args).save(Path(staging) / "README.md")

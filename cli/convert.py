@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.target_format == "llava":
         from ..modeling.atomic_save import staged_folder
+        from ..modeling.saving import MODEL_FILES
         from ..modeling.convert_llava import llava_processor
         from .common import load_for_inference
 
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
             llava, llava_preprocessing = to_llava(model), llava_processor(processor, model.config)
         except ValueError as error:
             raise UsageError(f"{args.source} cannot be written as a llava-hf model: {error}") from None
-        with staged_folder(destination) as staging:
+        with staged_folder(destination, stale=MODEL_FILES) as staging:
             llava.save_pretrained(staging)
             llava_preprocessing.save_pretrained(staging)
         print(f"converted VisionBridge model {args.source} -> llava-hf folder {destination}")

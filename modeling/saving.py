@@ -15,12 +15,18 @@ from .connectors import is_built_in
 from .hub_upload import pop_hub_kwargs, push_folder
 from .remote_code import AUTO_MAP, connector_sources, language_model_sources, write_remote_code
 
-# Weight files of an earlier save that a new one into the same folder replaces.
-WEIGHT_FILES = (
+# Files of an earlier model or adapter save that a new one into the same folder replaces, or removes where it does
+# not write them (a model saved over an adapter, or the reverse, or fewer shards than before): a folder never holds
+# one save's weights beside another's, which from_pretrained would load together.
+MODEL_FILES = (
+    "config.json",
     "model*.safetensors",
     "model.safetensors.index.json",
     "pytorch_model*.bin",
     "pytorch_model.bin.index.json",
+    "adapter_config.json",
+    "adapter_model*.safetensors",
+    "adapter_model.bin",
 )
 
 
@@ -36,7 +42,7 @@ def save_model(model, save_directory, *args, state_dict: dict | None = None, pus
         config.text_config.auto_map = language_model_auto_map
     connector_code, shipped = connector_sources(config.connector_class, is_built_in(config.connector))
     config.connector_config.shipped_class = shipped
-    with staged_folder(save_directory, stale=WEIGHT_FILES) as staging:
+    with staged_folder(save_directory, stale=MODEL_FILES) as staging:
         state_dict = canonical_state_dict(model, state_dict)
         PreTrainedModel.save_pretrained(model, staging, *args, state_dict=state_dict, **kwargs)
         write_remote_code([type(model), type(config)], staging)

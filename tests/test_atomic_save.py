@@ -224,3 +224,28 @@ def test_a_save_waits_while_another_publishes_into_the_same_folder(tmp_path):
         assert second.is_alive() and (destination / "config.json").read_text() == "1"
     second.join(30)
     assert (destination / "config.json").read_text() == "2"
+
+
+def test_a_model_and_an_adapter_saved_in_turn_into_one_folder_leave_only_the_last(make_model, digit_samples, tmp_path):
+    """A full model saved where an adapter was (or the reverse) drops the other's weights and config, which
+    from_pretrained would otherwise load together (an old adapter applied over new full weights)."""
+    model, processor = make_model()
+    folder = tmp_path / "out"
+    trainer = VisionBridgeTrainer(
+        model=model,
+        args=cpu_args(tmp_path / "run", per_device_train_batch_size=4, max_steps=1),
+        train_dataset=digit_samples[:4],
+        processing_class=processor,
+    )
+    trainer.train()
+    trainer.save_model(str(folder))
+    trainer.save_model(str(tmp_path / "adapter"))
+    assert (folder / "adapter_config.json").is_file()
+    merged = trainer.model.merge_and_unload()
+    merged.save_pretrained(folder)
+    assert not list(folder.glob("adapter_*"))
+    assert not hasattr(AutoModelForImageTextToText.from_pretrained(folder), "peft_config")
+    trainer.model = PeftModel.from_pretrained(merged, tmp_path / "adapter")
+    trainer.save_model(str(folder))
+    assert not (folder / "config.json").exists() and not list(folder.glob("model*.safetensors"))
+    assert (folder / "adapter_model.safetensors").is_file()

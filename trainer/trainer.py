@@ -16,6 +16,7 @@ from transformers.utils import logging
 
 from ..compat import TRAINER_GATHERS_FSDP_WEIGHTS_FOR_GENERATE
 from ..modeling.atomic_save import staged_folder
+from ..modeling.saving import MODEL_FILES
 from .arguments import VisionBridgeTrainingArguments
 from .bad_samples import DROPPED, SKIPPED, IndexedSamples
 from .callbacks import GenerateUnderFsdp, GradientCheck
@@ -162,7 +163,7 @@ class VisionBridgeTrainer(StagedCheckpoints):
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         output_dir = output_dir or self.args.output_dir
         # Written beside the folder and moved in once complete: a half-written adapter never loads.
-        with staged_folder(output_dir) as directory:
+        with staged_folder(output_dir, stale=MODEL_FILES) as directory:
             super()._save(str(directory), state_dict)
             # The Trainer pickles its arguments to training_args.bin; the same arguments are kept as JSON instead.
             (directory / "training_args.bin").unlink(missing_ok=True)
