@@ -95,21 +95,15 @@ def empty_destination(value: str, flag: str) -> Path:
 
 
 def local_image(value: str, flag: str):
-    """The RGB image at `value`, opened now, so that a bad image is reported before any model loads. An image
-    over Pillow's MAX_IMAGE_PIXELS is refused, as training data's are."""
-    import warnings
-
-    from PIL import Image
-
+    """The RGB image at `value`, opened now, so that a bad image is reported before any model loads; read as
+    training data and `model.chat` read theirs (an image over Pillow's MAX_IMAGE_PIXELS is refused)."""
+    from ..processing.images import open_image, to_rgb
     from ..trainer.data import IMAGE_ERRORS
 
     if "://" in value:
         raise UsageError(f"{flag} takes local image files, not URLs: download {value} first")
     path = existing_path(value, flag, folder=False)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                return image.convert("RGB")
-    except (*IMAGE_ERRORS, Image.DecompressionBombWarning) as error:
+        return to_rgb(open_image(path))
+    except IMAGE_ERRORS as error:
         raise UsageError(f"{flag} {value} cannot be read as an image: {error}") from None

@@ -1,6 +1,7 @@
 """Image preparation before the vision tower's own image processor: any PIL mode to RGB, LLaVA's pad-to-square."""
 
 import math
+import warnings
 
 import numpy as np
 from PIL import Image
@@ -22,7 +23,11 @@ def check_pixels(image: Image.Image) -> None:
 
 def open_image(path) -> Image.Image:
     """An image file decoded whole; one over `PIL.Image.MAX_IMAGE_PIXELS` is refused before it is decoded."""
-    with Image.open(path) as image:
+    with warnings.catch_warnings():
+        # Pillow only warns below twice the limit; check_pixels refuses the image instead.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        image = Image.open(path)
+    with image:
         check_pixels(image)
         image.load()
     return image

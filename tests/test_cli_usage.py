@@ -137,3 +137,17 @@ def test_a_mistake_from_the_console_script_prints_no_traceback(folders):
     )
     assert run.returncode == 2 and run.stdout == ""
     assert run.stderr.strip() == "visionbridge chat: --image x.png does not exist"
+
+
+def test_images_given_on_the_command_line_are_read_as_training_data_reads_them(tmp_path):
+    """Transparent areas become white and 16-bit images are scaled, as in training and model.chat (a plain RGB
+    conversion would give black and clipped pixels)."""
+    import numpy as np
+    from PIL import Image
+
+    from visionbridge.cli.usage import local_image
+
+    Image.new("RGBA", (8, 8), (0, 0, 0, 0)).save(tmp_path / "clear.png")
+    Image.fromarray(np.full((8, 8), 65535, dtype=np.uint16)).save(tmp_path / "deep.png")
+    assert local_image(str(tmp_path / "clear.png"), "--image").getpixel((0, 0)) == (255, 255, 255)
+    assert local_image(str(tmp_path / "deep.png"), "--image").getpixel((0, 0)) == (255, 255, 255)
