@@ -70,6 +70,11 @@ def head_reproduces_the_logits(language_model: nn.Module, lm_inputs: dict) -> bo
 def _chunk_loss(
     language_model: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, denominator: torch.Tensor
 ) -> torch.Tensor:
+    if not len(targets):
+        # No labelled position: the head runs on a zero row weighted by zero, so that its weights take part (DDP
+        # wants every trained weight used) and it runs as on the other processes.
+        row = hidden.new_zeros(1, hidden.shape[-1]) + hidden.sum()  # [1, D]
+        return head_logits(language_model, row).sum() * 0.0
     logits = head_logits(language_model, hidden)  # [K_chunk, V]
     return language_model.loss_function(
         logits=logits, labels=None, vocab_size=logits.shape[-1], num_items_in_batch=denominator, shift_labels=targets
@@ -77,22 +82,27 @@ def _chunk_loss(
 
 
 def labelled_loss(
-    language_model: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None
+    language_model: nn.Module,
+    hidden: torch.Tensor,
+    labels: torch.Tensor,
+    num_items_in_batch=None,
+    lockstep: bool = False,
 ) -> torch.Tensor:
     """The LM loss of hidden states [B, T, D] (the body's output) against labels [B, T], as the LM's own loss
     function normalises it (summed over labelled tokens and divided by `num_items_in_batch` when the Trainer gives
-    it, else their mean), computed from the positions whose next token is labelled."""
+    it, else their mean), computed from the positions whose next token is labelled. The head runs at least once,
+    also in a batch without labels. `lockstep`: one of several processes whose engine gathers the head's weight each
+    time it runs (ZeRO-3, FSDP), which must all run it as often, whatever their numbers of labels: the head runs
+    once, on all labelled positions, without chunks."""
     shift_labels = labels[:, 1:]  # [B, T-1]: position t predicts token t+1
     labelled = shift_labels != IGNORE_INDEX
     hidden = hidden[:, :-1][labelled]  # [K, D]
     targets = shift_labels[labelled]  # [K]
-    if not len(targets):
-        return hidden.sum() * 0.0  # no label in the batch: a zero that keeps the graph
     denominator = num_items_in_batch if num_items_in_batch is not None else labelled.sum()
     # From the config: a sharded engine (ZeRO-3) holds the head's weight only while the head runs.
     size = max(1, CHUNK_BYTES // (4 * language_model.config.vocab_size))
     loss = partial(_chunk_loss, language_model, denominator=denominator)
-    if len(targets) <= size:
+    if lockstep or len(targets) <= size:
         return loss(hidden, targets)
     # Each chunk's logits are recomputed in the backward pass instead of being kept.
     return sum(

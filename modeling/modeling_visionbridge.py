@@ -270,7 +270,9 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
         if not self._head_reproduces_the_logits:
             return self.language_model(labels=labels, num_items_in_batch=num_items_in_batch, **lm_inputs)
         hidden = self.language_model.base_model(**{**lm_inputs, "use_cache": False}).last_hidden_state  # [B, T, D]
-        return CausalLMOutputWithPast(loss=labelled_loss(self.language_model, hidden, labels, num_items_in_batch))
+        # Processes in step run the body and the head once each, on either path, as the full computation does.
+        loss = labelled_loss(self.language_model, hidden, labels, num_items_in_batch, self._ranks_run_in_lockstep())
+        return CausalLMOutputWithPast(loss=loss)
 
     @property
     def is_gradient_checkpointing(self) -> bool:

@@ -30,6 +30,7 @@ from torch.distributed.fsdp import FSDPModule
 from transformers import TrainerCallback
 
 import visionbridge
+from visionbridge.modeling import labelled_loss
 from visionbridge.modeling.tiny_components import build_tiny_components
 from visionbridge.trainer import SampleAnswersCallback
 from visionbridge.trainer.collator import VisionBridgeCollator
@@ -64,6 +65,17 @@ class FirstStep(TrainerCallback):
             self.rates = [[group["name"], group["lr"]] for group in optimizer.param_groups]
 
 
+def with_longer_text_answers(samples: list[dict]) -> list[dict]:
+    """The samples with longer answers where there is no image: in training the processes then hold different
+    numbers of labels (the evaluation loss, a mean over batches, is compared on answers of one length)."""
+    return [
+        sample
+        if sample["images"]
+        else {**sample, "messages": [*sample["messages"][:-1], {"role": "assistant", "content": "Yes. That digit."}]}
+        for sample in samples
+    ]
+
+
 def _engine(trainer) -> dict:
     """What ran: the distributed type, the engine, and the blocks FSDP shards on their own."""
     accelerator, model = trainer.accelerator, trainer.model
@@ -95,6 +107,9 @@ def main(out: str, mode: str, device: str = "cpu") -> None:
         torch.manual_seed(0)
         models.append(visionbridge.from_components(*components, mm_use_im_start_end=True))
     (model, processor), samples = models[0], mixed_samples(STEPS)
+    # One labelled position per chunk: the processes, holding different numbers of labels, run the LM head a
+    # different number of times unless they agree.
+    labelled_loss.CHUNK_BYTES = 4 * model.config.text_config.vocab_size * 1
     if rank == 0:
         model.save_pretrained(out / f"base-{mode}")
         processor.save_pretrained(out / f"base-{mode}")
@@ -130,7 +145,7 @@ def main(out: str, mode: str, device: str = "cpu") -> None:
         return InOrderTrainer(
             model=model,
             args=args,
-            train_dataset=samples,
+            train_dataset=with_longer_text_answers(samples),
             eval_dataset=samples,
             processing_class=processor,
             data_collator=collate,

@@ -85,6 +85,27 @@ def test_chunks_recompute_their_logits_with_the_same_result(make_model, digit_sa
     # Each chunk's logits are computed in the forward pass and again in the backward pass.
     assert sum(in_forward) == labelled and sum(calls) == 2 * labelled
     _assert_same(model, batch)
+    # Processes in step (ZeRO-3, FSDP) run the head once, whatever their numbers of labels.
+    calls.clear()
+    hook = model.get_output_embeddings().register_forward_hook(lambda module, args, out: calls.append(out.shape[0]))
+    hidden = model.language_model.base_model(input_ids=batch["input_ids"]).last_hidden_state
+    labelled_loss.labelled_loss(model.language_model, hidden, batch["labels"], lockstep=True)
+    hook.remove()
+    assert calls == [labelled]
+
+
+def test_a_batch_without_labels_runs_the_head_and_adds_nothing(make_model, digit_samples):
+    """The head takes part in every step (its weights get an exact zero gradient): DDP without
+    find_unused_parameters needs every trained weight used, and a sharded engine every process to run it."""
+    model, processor = make_model()
+    model.get_output_embeddings().weight.requires_grad_(True)
+    batch = _batch(processor, digit_samples[:2])
+    batch["labels"] = torch.full_like(batch["labels"], -100)
+    model.train()
+    loss = model(**batch, loss_only=True).loss
+    loss.backward()
+    assert loss.item() == 0.0
+    assert torch.count_nonzero(model.get_output_embeddings().weight.grad) == 0
 
 
 def test_a_remote_code_lm(components, digit_samples, tmp_path):
