@@ -291,6 +291,15 @@ def test_bad_datasets_inputs(tmp_path, folder):
         load_training_data(tmp_path / "missing.json")
 
 
+def test_skip_leaves_out_bad_datasets_rows_and_keeps_their_places(folder):
+    table = datasets.Dataset.from_dict({"image": ["a.jpg", "", "b.jpg", "c.jpg"], "text": ["x", "y", "  ", "z"]})
+    data = load_training_data(table, image_folder=folder, on_bad_sample="skip")
+    assert len(data) == 4 and sorted(data.errors) == [1, 2]
+    assert "no image path" in data.errors[1] and "no assistant answer" in data.errors[2]
+    with pytest.raises(ValueError, match="record 2 of .* no assistant answer"):
+        load_training_data(table, image_folder=folder)
+
+
 def test_lengths_grow_with_text_and_images_without_opening_files(tmp_path):
     records = [
         {"conversations": _turns(("human", "abcd"), ("gpt", "efgh"))},

@@ -196,8 +196,10 @@ class VisionBridgeDataset(Dataset):
 class _TableDataset(VisionBridgeDataset):
     """Captioning rows whose image column is a `datasets.Image` feature, decoded row by row on access."""
 
-    def __init__(self, records: list[dict], source: str, images: "datasets.Dataset"):
-        super().__init__(records, source)
+    def __init__(
+        self, records: list[dict], source: str, images: "datasets.Dataset", on_bad_sample: str, errors: dict[int, str]
+    ):
+        super().__init__(records, source, on_bad_sample, errors)
         self._images = images
 
     def _open_images(self, index: int) -> list[Image.Image]:
@@ -328,6 +330,7 @@ def _from_table(
     source: str,
     image_folder: str | os.PathLike | None,
     prompt: str | None,
+    on_bad_sample: str,
 ) -> VisionBridgeDataset:
     datasets = import_datasets()
     if isinstance(table, datasets.DatasetDict):
@@ -337,22 +340,28 @@ def _from_table(
     if "image" not in columns or text_column is None:
         raise ValueError(f"{source} needs an 'image' column and a 'text' or 'caption' column; it has {columns}.")
     user = IMAGE_TOKEN if prompt is None else f"{IMAGE_TOKEN}\n{prompt}"
-    records = []
+    records, errors = [], {}
+
+    def refuse(row: int, message: str) -> None:
+        if on_bad_sample == "raise":
+            raise ValueError(message)
+        errors[row] = message
+
     for row, caption in enumerate(table[text_column]):
-        if not isinstance(caption, str) or not caption:
-            raise ValueError(f"record {row} of {source} has no assistant answer: {text_column!r} is {caption!r}.")
+        if not isinstance(caption, str) or not caption.strip():
+            refuse(row, f"record {row} of {source} has no assistant answer: {text_column!r} is {caption!r}.")
         answer = [{"role": "user", "content": user}, {"role": "assistant", "content": caption}]
         records.append({"messages": answer, "images": [row]})
     feature = table.features["image"]
     if isinstance(feature, datasets.Image):
-        return _TableDataset(records, source, table.select_columns(["image"]))
+        return _TableDataset(records, source, table.select_columns(["image"]), on_bad_sample, errors)
     if not (isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")):
         raise ValueError(f"{source}: column 'image' holds {feature}; expected a datasets.Image feature or paths.")
     for row, (record, path) in enumerate(zip(records, table["image"], strict=True)):
         if not path:
-            raise ValueError(f"record {row} of {source} has no image path in column 'image'.")
-        record["images"] = [str(Path(image_folder, path)) if image_folder is not None else path]
-    return VisionBridgeDataset(records, source)
+            refuse(row, f"record {row} of {source} has no image path in column 'image'.")
+        record["images"] = [str(Path(image_folder, path)) if image_folder is not None and path else path]
+    return VisionBridgeDataset(records, source, on_bad_sample, errors)
 
 
 def load_training_data(
@@ -367,7 +376,7 @@ def load_training_data(
     Image paths are relative to `image_folder`, or to the data file's folder when it is None. `format="auto"`
     picks "datasets" for a Dataset or folder, and reads each record of a file in its own format: "qwen" when it has
     <img> tags, "llava" otherwise. `prompt` is the question of captioning rows. With
-    `on_bad_sample="skip"`, a JSON record that fails its checks is kept as a stand-in that raises when read (see
+    `on_bad_sample="skip"`, a record that fails its checks is kept as a stand-in that raises when read (see
     VisionBridgeDataset) instead of stopping the load; a file that is not valid JSON still stops it.
     """
     if format not in ("auto", *FORMATS):
@@ -376,7 +385,7 @@ def load_training_data(
         if format not in ("auto", "datasets"):
             raise ValueError(f"format={format!r} reads a JSON file, but a datasets.Dataset was passed.")
         source = f"the datasets.Dataset passed in ({path_or_dataset.num_rows} rows)"
-        return _from_table(path_or_dataset, source, image_folder, prompt)
+        return _from_table(path_or_dataset, source, image_folder, prompt, on_bad_sample)
     path = Path(path_or_dataset)
     if not path.exists():
         raise FileNotFoundError(f"Training data {path} does not exist.")
@@ -386,7 +395,7 @@ def load_training_data(
         if not any((path / name).is_file() for name in ("dataset_info.json", "state.json", "dataset_dict.json")):
             raise ValueError(f"{path} is a folder but not one written by Dataset.save_to_disk (no state.json).")
         table = import_datasets().load_from_disk(str(path))
-        return _from_table(table, str(path), image_folder, prompt)
+        return _from_table(table, str(path), image_folder, prompt, on_bad_sample)
     if format == "datasets":
         raise ValueError(f"format='datasets' needs a datasets.Dataset or a save_to_disk folder; {path} is a file.")
     if path.suffix not in (".json", ".jsonl"):
