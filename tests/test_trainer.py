@@ -384,6 +384,15 @@ def test_supervised_share_is_logged_with_dataloader_workers(make_model, digit_sa
     assert len(shares) == 2 and all(0 < share < 1 for share in shares)
 
 
+def test_supervised_share_covers_the_steps_since_the_previous_log_line(make_model, digit_samples, tmp_path):
+    trainer = _trainer(make_model, digit_samples, tmp_path)
+    for supervised, total in ((10, 100), (50, 100)):
+        trainer._supervised_tokens += torch.tensor(supervised)
+        trainer._total_tokens += torch.tensor(total)
+        trainer.log({"loss": 1.0})
+    assert [entry["supervised_share"] for entry in trainer.state.log_history] == [0.1, 0.5]
+
+
 def test_optimizers_that_build_their_own_groups_are_refused(make_model, digit_samples, tmp_path, monkeypatch):
     trainer = _trainer(make_model, digit_samples, tmp_path)
     own = lambda *args: (torch.optim.AdamW, {"params": [], "lr": 1e-3})  # noqa: E731  (what GaLore returns)

@@ -14,7 +14,7 @@ from torch.utils.data import IterableDataset
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.utils import logging
 
-from ..compat import TRAINER_GATHERS_FSDP_WEIGHTS_FOR_GENERATE
+from ..compat import TRAINER_GATHERS_FSDP_WEIGHTS_FOR_GENERATE, groups_by_length
 from ..modeling.atomic_save import staged_folder
 from ..modeling.saving import MODEL_FILES
 from .arguments import VisionBridgeTrainingArguments
@@ -222,7 +222,9 @@ class VisionBridgeTrainer(StagedCheckpoints):
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         if "loss" in logs and int(self._total_tokens):
+            # Over the steps since the previous log line, as the logged loss is.
             logs["supervised_share"] = round(float(self._supervised_tokens / self._total_tokens), 4)
+            self._supervised_tokens = self._total_tokens = 0
         super().log(logs, *args, **kwargs)
 
     def train(self, *args, **kwargs):
@@ -279,11 +281,12 @@ class VisionBridgeTrainer(StagedCheckpoints):
         return loss
 
     def _get_train_sampler(self, *args, **kwargs):
-        grouped = getattr(self.args, "group_by_length", False) or (
-            getattr(self.args, "train_sampling_strategy", None) == "group_by_length"
-        )
         data = self.train_dataset
-        if grouped and isinstance(data, IndexedSamples) and isinstance(data.dataset, VisionBridgeDataset):
+        if (
+            groups_by_length(self.args)
+            and isinstance(data, IndexedSamples)
+            and isinstance(data.dataset, VisionBridgeDataset)
+        ):
             # The dataset's estimate counts each image's placeholder tokens, which the tokenizer cannot see.
             batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
             lengths = data.lengths(self.processing_class.image_seq_length)
