@@ -1,8 +1,10 @@
 """What differs between the two transformers lines visionbridge supports, 4.57.x and 5.x, in one place.
 
-Every difference the package works around is named here, with what each line does; the other modules read these
-names instead of testing versions themselves. torch, transformers and the standard library only: the model,
-configuration and processor files import this one, so it travels with saved folders as remote code.
+Every difference the package works around by version is named here, with what each line does; the other modules
+read these names instead of testing versions themselves. (Where an object says what it takes, as a language model's
+forward names its cache argument, the package asks the object instead.) torch, transformers and the standard
+library only: the model, configuration and processor files import this one, so it travels with saved folders as
+remote code.
 """
 
 import torch
@@ -68,6 +70,15 @@ CHECKPOINTING_IS_REENTRANT_BY_DEFAULT = not TRANSFORMERS_5
 TRAINING_ARGUMENTS_HAVE_WARMUP_RATIO = not TRANSFORMERS_5
 TRAINING_ARGUMENTS_HAVE_OVERWRITE_OUTPUT_DIR = not TRANSFORMERS_5
 
+
+def groups_by_length(args) -> bool:
+    """Whether training arguments ask for length-grouped batches: 4.x's `group_by_length=True`, 5.x's
+    `train_sampling_strategy="group_by_length"`."""
+    if TRANSFORMERS_5:
+        return args.train_sampling_strategy == "group_by_length"
+    return args.group_by_length
+
+
 # 4.x rotates checkpoints in a Trainer method, 5.x in a function of trainer_utils.
 TRAINER_ROTATES_IN_A_METHOD = not TRANSFORMERS_5
 
@@ -95,12 +106,14 @@ __all__ = [
     "IMAGE_PROCESSOR_FILE",
     "PACKED_MASK_NEEDS_TORCH_2_6",
     "PROCESSORS_NAME_ATTRIBUTE_CLASSES",
+    "TRAINER_GATHERS_FSDP_WEIGHTS_FOR_GENERATE",
     "TRAINER_ROTATES_IN_A_METHOD",
     "TRAINING_ARGUMENTS_HAVE_OVERWRITE_OUTPUT_DIR",
     "TRAINING_ARGUMENTS_HAVE_WARMUP_RATIO",
     "TRANSFORMERS_5",
     "config_from_dict",
     "copy_",
+    "groups_by_length",
     "legacy_vision_prefix",
     "no_init_weights",
     "normal_",

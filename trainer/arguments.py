@@ -21,9 +21,8 @@ class VisionBridgeTrainingArguments(VisionBridgeOptions, TrainingArguments):
         warmup_ratio: float | None = field(
             default=None, metadata={"help": "Share of the training steps spent warming up (sets warmup_steps)."}
         )
-    if (
-        not TRAINING_ARGUMENTS_HAVE_OVERWRITE_OUTPUT_DIR
-    ):  # `visionbridge train` refuses a non-empty output_dir without it
+    # `visionbridge train` refuses a non-empty output_dir without it.
+    if not TRAINING_ARGUMENTS_HAVE_OVERWRITE_OUTPUT_DIR:
         overwrite_output_dir: bool = field(
             default=False, metadata={"help": "Write into a non-empty output_dir, over an earlier run."}
         )

@@ -75,6 +75,6 @@ class VisionBridgeOptions:
         default=None,
         metadata={
             "help": "With packing, rows of up to this many tokens instead of the default (eager and sdpa attention "
-            "cost the square of a row's length; under flash attention the model lays the rows end to end)."
+            "cost the square of a row's length); not under flash attention, which packs each batch into one row."
         },
     )
