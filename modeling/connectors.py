@@ -35,7 +35,13 @@ CONNECTOR_NAMES = tuple(CONNECTORS)  # visionbridge's own
 
 
 def register_connector(name: str, connector_class: type[nn.Module]) -> None:
-    """Make `connector_class` (see the module docstring for what it provides) the connector called `name`."""
+    """Make `connector_class` (see the module docstring for what it provides) the connector called `name`. The
+    names of visionbridge's own connectors are refused: folders saved with them must load as they were saved."""
+    if is_built_in(name):
+        raise ValueError(
+            f"{name!r} names one of visionbridge's connectors ({', '.join(CONNECTOR_NAMES)}); register yours under "
+            "a name of its own."
+        )
     CONNECTORS[name] = connector_class
 
 

@@ -13,10 +13,11 @@ code stay in the installed package.
 
 import inspect
 import re
+import sys
 from pathlib import Path
 
 from torch import nn
-from transformers.dynamic_module_utils import get_relative_import_files
+from transformers.dynamic_module_utils import get_imports, get_relative_import_files
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 _RELATIVE_IMPORT = re.compile(r"^(\s*from\s+)(\.+)([\w.]*)(\s+import\b)", re.MULTILINE)
@@ -129,9 +130,13 @@ def connector_sources(cls: type[nn.Module], built_in: bool) -> tuple[dict[str, s
         return flat_sources([cls]), f"{Path(inspect.getfile(cls)).stem}.{cls.__name__}"
     path = Path(inspect.getfile(cls))
     text = path.read_text()
-    if _RELATIVE_IMPORT.search(text) or _PACKAGE_IMPORT.search(text):
+    foreign = sorted(
+        {name for name in get_imports(path) if name not in ("torch", "transformers", *sys.stdlib_module_names)}
+    )
+    if _RELATIVE_IMPORT.search(text) or foreign:
         raise ValueError(
             f"{path}: a connector saved with the model must be one self-contained file (torch and transformers "
-            "imports only), so that it loads where its package is not installed."
+            "imports only), so that it loads where its package is not installed; it imports "
+            f"{', '.join(foreign) or 'modules of its own package'}."
         )
     return {path.name: text}, f"{path.stem}.{cls.__name__}"

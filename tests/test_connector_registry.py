@@ -2,6 +2,7 @@
 loads through the Auto classes and, carried as remote code, in a fresh interpreter without visionbridge."""
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,28 @@ def test_it_loads_in_a_fresh_interpreter_without_visionbridge(trained_pooled, tm
     for entry in report["loaders"]:
         assert entry["differing_tensors"] == []
         assert torch.allclose(tensors[f"logits_{entry['name']}"], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["mlp2x_gelu", "mlp5x_gelu", "qformer"])
+def test_a_built_in_connectors_name_is_refused(name):
+    with pytest.raises(ValueError, match=f"'{name}' names one of visionbridge's connectors"):
+        visionbridge.register_connector(name, PooledConnector)
+    assert visionbridge.modeling.connectors.registered_connector(name) is not PooledConnector
+
+
+def test_a_connector_file_importing_other_packages_is_refused_at_save(tmp_path, monkeypatch):
+    """Its file travels alone with the model: an import of anything but torch, transformers and the standard
+    library would fail where the model loads."""
+    import importlib.util
+
+    from visionbridge.modeling.remote_code import connector_sources
+
+    source = Path(__file__).with_name("connector_pooled.py").read_text()
+    (tmp_path / "connector_numpy.py").write_text("import numpy\n" + source)
+    spec = importlib.util.spec_from_file_location("connector_numpy", tmp_path / "connector_numpy.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "connector_numpy", module)
+    spec.loader.exec_module(module)
+    with pytest.raises(ValueError, match="self-contained file .* it imports numpy"):
+        connector_sources(module.PooledConnector, built_in=False)
+    assert connector_sources(PooledConnector, built_in=False)[1] == "connector_pooled.PooledConnector"
