@@ -176,3 +176,16 @@ def test_chat_template_tokenize_accepts_the_usual_arguments(make_model):
         messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
     )
     assert inputs["input_ids"].shape[0] == 1 and inputs["pixel_values"].shape[0] == 1
+
+
+def test_the_placeholder_count_comes_from_the_models_config_where_the_folder_has_one(make_model, tmp_path):
+    """config.json is the one source; a processor saved without it (beside an adapter) keeps the count it had."""
+    model, processor = make_model()
+    processor.save_pretrained(tmp_path / "alone")
+    alone = VisionBridgeProcessor.from_pretrained(tmp_path / "alone")
+    assert alone.image_seq_length == processor.image_seq_length == model.config.image_seq_length
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    saved = tmp_path / "model" / "processor_config.json"
+    saved.write_text(json.dumps({**json.loads(saved.read_text()), "image_seq_length": 1}))
+    assert VisionBridgeProcessor.from_pretrained(tmp_path / "model").image_seq_length == model.config.image_seq_length
