@@ -41,8 +41,8 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.target_format == "llava":
         from ..modeling.atomic_save import staged_folder
-        from ..modeling.saving import MODEL_FILES
         from ..modeling.convert_llava import llava_processor
+        from ..modeling.saving import MODEL_FILES
         from .common import load_for_inference
 
         model, processor = load_for_inference(args.source)
