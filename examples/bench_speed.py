@@ -17,6 +17,7 @@ that does the same work once, alone, with glibc handing blocks of 64 KiB and mor
 import argparse
 import json
 import os
+import re
 import resource
 import statistics
 import sys
@@ -137,13 +138,36 @@ def _resident_mib() -> float:
     return pages * resource.getpagesize() / 2**20
 
 
+def peak_resident_mib() -> float:
+    """The highest resident memory of this process since it started or since `reset_peak` (Linux), MiB. Read from
+    VmHWM: getrusage's ru_maxrss would also count the peak of the process that started this one."""
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE).group(1)) / 1024
+
+
+def reset_peak(device: str) -> None:
+    """Start counting the peak memory from now: VmHWM on CPU (Linux), the allocator's peak on CUDA."""
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_memory_mib(device: str, resident_before: float) -> float:
+    """Peak memory since the start or `reset_peak`: on CUDA the allocator's, on CPU the resident memory above
+    `resident_before` (the process's after its imports)."""
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return peak_resident_mib() - resident_before
+
+
 class Worker:
     """One side in its own process (see lockstep.py): loads its model from `folder`, then answers requests:
-    `logits` on the batch (written beside the model), `generate` (rows: 1 or BATCH), `train` (one step; the first
-    one puts LoRA on the model, so generation is asked for before training) and `memory` (the peak since the
-    imports)."""
+    `logits` on the batch (written beside the model), `generate` (rows: 1 or BATCH), `train` (one step, its seconds
+    and loss; the first one puts LoRA on the model, so generation is asked for before training), `reset_peak` and
+    `memory` (the peak above the RSS after the imports, since the start or the last `reset_peak`)."""
 
-    def __init__(self, side: str, folder: Path, device: str, threads: int):
+    def __init__(self, side: str, folder: Path, device: str, threads: int, loss_only: bool = False):
         torch.set_num_threads(threads)
         torch.manual_seed(SEED)
         load = {"dtype": torch.bfloat16 if device == "cuda" else torch.float32, "attn_implementation": "sdpa"}
@@ -153,7 +177,7 @@ class Worker:
             from transformers import LlavaForConditionalGeneration as model_class
         # Memory is counted from here: what the package imports weighs is not the model's.
         self.resident_before = _resident_mib()
-        self.side, self.folder, self.device = side, folder, device
+        self.side, self.folder, self.device, self.loss_only = side, folder, device, loss_only
         self.model = model_class.from_pretrained(folder / side, **load).to(device).eval()
         self.batch = {key: value.to(device) for key, value in load_file(folder / "batch.safetensors").items()}
         self.optimizer = None
@@ -184,26 +208,34 @@ class Worker:
             self.model = get_peft_model(self.model, lora).train()
             self.trainable = [p for p in self.model.parameters() if p.requires_grad]
             self.optimizer = torch.optim.AdamW(self.trainable, lr=1e-4)
-        inputs = _model_inputs(self.batch, labels=True)
+        # loss_only: the loss from labelled positions alone, as VisionBridgeTrainer's training steps compute it.
+        inputs = _model_inputs(self.batch, labels=True) | ({"loss_only": True} if self.loss_only else {})
+        losses = []
 
         def step():
-            self.model(**inputs).loss.backward()
+            loss = self.model(**inputs).loss
+            loss.backward()
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
 
         seconds = timed(step, self.device)
-        return {"seconds": seconds, "trainable": sum(p.numel() for p in self.trainable)}
+        return {"seconds": seconds, "loss": losses[0], "trainable": sum(p.numel() for p in self.trainable)}
+
+    def reset_peak(self) -> dict:
+        reset_peak(self.device)
+        return {}
 
     def memory(self) -> dict:
-        if self.device == "cuda":
-            return {"peak_memory_mib": torch.cuda.max_memory_allocated() / 2**20}
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - self.resident_before
-        return {"peak_memory_mib": peak}
+        return {"peak_memory_mib": peak_memory_mib(self.device, self.resident_before)}
 
 
-def _side(name: str, folder: Path, device: str, threads: int, environment: dict | None = None) -> Side:
+def side_process(
+    name: str, folder: Path, device: str, threads: int, environment: dict | None = None, loss_only: bool = False
+) -> Side:
+    """A Worker for side `name` (SIDES) in its own process, loading from `folder`."""
     command = [sys.executable, __file__, "--serve", name, "--folder", str(folder)]
-    command += ["--device", device, "--threads", str(threads)]
+    command += ["--device", device, "--threads", str(threads)] + (["--loss-only"] if loss_only else [])
     return Side(name, command, folder / f"{name}.log", environment)
 
 
@@ -211,7 +243,7 @@ def _run_sides(folder: Path, size: str, device: str, threads: int) -> tuple[dict
     """Per side (in SIDES order): its logits, its timings (generation at batch 1 and BATCH, training steps: the two
     processes take turns, see lockstep.py) and its peak memory, on CPU from a further, untimed pass per side."""
     spec, results = SIZES[size], {name: {} for name in SIDES}
-    with running([_side(name, folder, device, threads) for name in SIDES]) as sides:
+    with running([side_process(name, folder, device, threads) for name in SIDES]) as sides:
         for side in sides:
             results[side.name]["logits"] = load_file(side.ask({"do": "logits"})["path"])["logits"]
         for rows in (1, BATCH):
@@ -229,7 +261,7 @@ def _run_sides(folder: Path, size: str, device: str, threads: int) -> tuple[dict
         # The same work once per side, alone, with freed blocks of 64 KiB and more handed back to the system.
         environment = os.environ | {"MALLOC_MMAP_THRESHOLD_": "65536"}
         for name in SIDES:
-            with running([_side(name, folder, device, threads, environment)]) as (side,):
+            with running([side_process(name, folder, device, threads, environment)]) as (side,):
                 for request in ({"do": "logits"}, *({"do": "generate", "rows": rows} for rows in (1, BATCH))):
                     side.ask(request)
                 side.ask({"do": "train"})
@@ -333,9 +365,10 @@ def main() -> None:
     parser.add_argument("--serve", choices=list(SIDES), help="internal: run one side, answering requests on stdin")
     parser.add_argument("--folder", type=Path)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--loss-only", action="store_true", help="internal: train with loss_only (VisionBridge)")
     args = parser.parse_args()
     if args.serve:
-        serve(lambda: Worker(args.serve, args.folder, args.device, args.threads))
+        serve(lambda: Worker(args.serve, args.folder, args.device, args.threads, args.loss_only))
     else:
         print(json.dumps(run(args.size, args.device), indent=1))
 

@@ -1,4 +1,4 @@
-"""The benchmark: speed and memory against transformers' Llava, and each connector's quality, in one run.
+"""The benchmark: speed and memory against transformers' Llava and TRL, and each connector's quality, in one run.
 
 Each section is a module beside this file with `run(size, device) -> list[dict]`; every row holds section,
 metric, ours, reference, ratio (ours / reference, as time or memory), goal, met and note. The rows are printed as a
@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the section modules sit beside this file
 
-SECTIONS = ["bench_speed", "bench_packing", "bench_quality"]
+SECTIONS = ["bench_speed", "bench_packing", "bench_quality", "bench_vocab"]
 CUDA_SECTIONS = ["bench_mfu"]
 COLUMNS = ("section", "metric", "ours", "reference", "ratio", "goal", "met", "note")
 

@@ -6,16 +6,24 @@ different machines. Here both processes are started side by side and the parent 
 on both, and each pair of adjacent units gives one ratio. Only one side computes at any moment.
 
 A side is a command that ends in a call to `serve(start)`, where `start()` loads the side and returns the function
-that answers each request, a dict, with a dict.
+that answers each request, a dict, with a dict. `TrainerTurns` makes a Hugging Face Trainer's own loop such a side,
+one optimizer step per request.
 """
 
+import atexit
 import json
 import os
+import queue
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainerCallback
 
 
 def serve(start: Callable[[], Callable[[dict], dict]]) -> None:
@@ -88,3 +96,76 @@ def alternate(sides: list[Side], request: dict, warmup: int, turns: int) -> dict
             if turn >= warmup:
                 replies[side.name].append(reply)
     return replies
+
+
+class _Stopped(Exception):
+    """Ends the Trainer's loop before its next step: the side is closing."""
+
+
+class _OneStepPerTurn(TrainerCallback):
+    """Holds the Trainer before each optimizer step until it is let go (True) or stopped (False), and reports the
+    step's seconds."""
+
+    def __init__(self, go: queue.Queue, done: queue.Queue):
+        self.go, self.done = go, done
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if not self.go.get():
+            raise _Stopped
+        _synchronize()
+        self.started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        _synchronize()  # the step's queued GPU work is part of it
+        self.done.put(time.perf_counter() - self.started)
+
+
+def _synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+class TrainerTurns:
+    """`trainer.train()` run in a thread that waits before each optimizer step: `step()` lets one step run (forward,
+    backward, gradient clipping, optimizer and scheduler, as the Trainer's loop does them) and returns its seconds and
+    loss. The batch is fetched before the wait, so it is not timed; give the trainer more steps than will be asked
+    for, so that it never reaches the end of training while another side is being timed."""
+
+    def __init__(self, trainer: Trainer):
+        self.trainer, self.go, self.done, self.losses = trainer, queue.Queue(), queue.Queue(), []
+        trainer.add_callback(_OneStepPerTurn(self.go, self.done))
+        training_step = trainer.training_step
+
+        def recorded(*args, **kwargs):
+            loss = training_step(*args, **kwargs)
+            self.losses.append(loss.item())
+            return loss
+
+        trainer.training_step = recorded
+        self.thread = threading.Thread(target=self._train, daemon=True)  # started by the first step
+        # The thread ends before the interpreter does: one frozen mid-wait can abort the process on exit.
+        atexit.register(self.stop)
+
+    def _train(self) -> None:
+        try:
+            self.trainer.train()
+            raise RuntimeError(f"The trainer ended after its {self.trainer.state.global_step} steps.")
+        except _Stopped:
+            pass
+        except BaseException as error:  # handed to the waiting step(), which raises it
+            self.done.put(error)
+
+    def stop(self) -> None:
+        """End the trainer's thread at its next step's start."""
+        if self.thread.is_alive():
+            self.go.put(False)
+            self.thread.join()
+
+    def step(self) -> dict:
+        if self.thread.ident is None:
+            self.thread.start()
+        self.go.put(True)
+        seconds = self.done.get()
+        if isinstance(seconds, BaseException):
+            raise seconds
+        return {"seconds": seconds, "loss": self.losses[-1]}

@@ -17,6 +17,9 @@ from torch.utils.checkpoint import checkpoint
 IGNORE_INDEX = -100
 # Logits of one chunk of labelled positions, in bytes of fp32: chunks bound the head's memory at any vocabulary.
 CHUNK_BYTES = 256 * 2**20
+# Positions at which the LM's own logits are compared with the head's, once: enough to tell a different head, few
+# enough that the check's logits cost next to nothing beside a training step's.
+CHECKED_POSITIONS = 16
 
 
 def head_logits(language_model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
@@ -44,10 +47,11 @@ def has_separate_head(language_model: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def head_reproduces_the_logits(language_model: nn.Module, lm_inputs: dict) -> bool:
+def head_reproduces_the_logits(language_model: nn.Module, lm_inputs: dict, keeps_logits: bool) -> bool:
     """Whether `head_logits` on the LM body's output gives the LM's own logits, checked once on the first row of a
-    batch with dropout off: an LM that changes its logits in a way not listed in `head_logits` is trained on its
-    full logits instead."""
+    batch with dropout off, at its last CHECKED_POSITIONS positions when the LM takes `logits_to_keep`
+    (`keeps_logits`), else at all of them: an LM that changes its logits in a way not listed in `head_logits` is
+    trained on its full logits instead."""
     if not has_separate_head(language_model):
         return False
     rows = lm_inputs["inputs_embeds"].shape[0]
@@ -56,11 +60,12 @@ def head_reproduces_the_logits(language_model: nn.Module, lm_inputs: dict) -> bo
         for key, value in lm_inputs.items()
     }
     first["use_cache"] = False
+    kept = {"logits_to_keep": CHECKED_POSITIONS} if keeps_logits else {}
     was_training = language_model.training
     language_model.eval()
     try:
-        expected = language_model(**first).logits.float()  # [1, T, V]
-        hidden = language_model.base_model(**first).last_hidden_state  # [1, T, D]
+        expected = language_model(**first, **kept).logits.float()  # [1, K, V], K = CHECKED_POSITIONS or T
+        hidden = language_model.base_model(**first).last_hidden_state[:, -expected.shape[1] :]  # [1, K, D]
         found = head_logits(language_model, hidden).float()
     finally:
         language_model.train(was_training)

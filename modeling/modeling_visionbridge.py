@@ -266,7 +266,9 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
         None. An LM whose logits `labelled_loss.head_logits` does not reproduce (checked once, on the first batch)
         computes its full logits and its own loss instead."""
         if self._head_reproduces_the_logits is None:
-            self._head_reproduces_the_logits = head_reproduces_the_logits(self.language_model, lm_inputs)
+            self._head_reproduces_the_logits = head_reproduces_the_logits(
+                self.language_model, lm_inputs, self._lm_keeps_logits
+            )
         if not self._head_reproduces_the_logits:
             return self.language_model(labels=labels, num_items_in_batch=num_items_in_batch, **lm_inputs)
         hidden = self.language_model.base_model(**{**lm_inputs, "use_cache": False}).last_hidden_state  # [B, T, D]

@@ -1,5 +1,5 @@
-"""The benchmark runs end to end at the tiny size: every section gives rows of the shared schema, and the two
-sides of the speed comparison gave the same logits on the same weights and batch before anything was timed."""
+"""The benchmark runs end to end at the tiny size: every section gives rows of the shared schema, and the sides of
+the speed and vocabulary comparisons gave the same logits and first-step losses on the same weights and batch."""
 
 import json
 import re
@@ -18,9 +18,9 @@ def test_benchmark_smoke_run_at_tiny_size(tmp_path):
     assert run.returncode == 0, run.stderr[-4000:]
     result = json.loads(output.read_text())
     rows = result["rows"]
-    assert result["sections"] == ["bench_speed", "bench_packing", "bench_quality"]
+    assert result["sections"] == ["bench_speed", "bench_packing", "bench_quality", "bench_vocab"]
     assert all(set(row) == ROW_KEYS for row in rows)
-    assert {row["section"] for row in rows} == {"speed", "packing", "quality"}
+    assert {row["section"] for row in rows} == {"speed", "packing", "quality", "vocab"}
 
     # The logit check ran (in one process and again per side after loading) and found the models identical.
     (check,) = [row for row in rows if row["metric"].startswith("max |logit difference|")]
@@ -30,14 +30,10 @@ def test_benchmark_smoke_run_at_tiny_size(tmp_path):
     speed = [row for row in rows if row["section"] == "speed" and row["reference"] is not None]
     assert len(speed) == 4  # training step, generation at batch 1 and 8, peak memory
     assert all(row["ours"] > 0 and row["reference"] > 0 for row in speed)
-    # Time ratios are medians over adjacent pairs of units, within the pairs' range; memory is one pass per side.
-    for row in speed:
-        if "memory" not in row["metric"]:
-            low, high = map(float, re.search(r"adjacent pairs \((\S+)-(\S+)\)", row["note"]).groups())
-            assert low > 0 and low - 0.005 <= row["ratio"] <= high + 0.005
-    (memory,) = [row for row in speed if "memory" in row["metric"]]
-    assert abs(memory["ratio"] - memory["ours"] / memory["reference"]) < 1e-9
+    _check_ratios(speed)
     assert all("same tokens: True" in row["note"] for row in speed if "generation" in row["metric"])
+
+    _check_vocabulary_rows([row for row in rows if row["section"] == "vocab"])
 
     throughput, loss_gap = [row for row in rows if row["section"] == "packing"]
     assert throughput["ours"] > 0 and throughput["reference"] > 0
@@ -51,3 +47,74 @@ def test_benchmark_smoke_run_at_tiny_size(tmp_path):
     table = run.stdout.splitlines()
     header = next(index for index, line in enumerate(table) if line.startswith("| section |"))
     assert len([line for line in table[header + 2 :] if line.startswith("| ")]) == len(rows)
+
+
+def _check_ratios(rows: list[dict]) -> None:
+    """Time and throughput ratios are medians over adjacent pairs of units, within the pairs' range; a memory ratio
+    is the two peaks' ratio."""
+    for row in rows:
+        if "memory" in row["metric"]:
+            assert abs(row["ratio"] - row["ours"] / row["reference"]) < 1e-9
+        else:
+            low, high = map(float, re.search(r"adjacent pairs \((\S+)-(\S+)\)", row["note"]).groups())
+            assert low > 0 and low - 0.005 <= row["ratio"] <= high + 0.005
+
+
+def _check_vocabulary_rows(rows: list[dict]) -> None:
+    metrics = [row["metric"].rsplit(" (", 1)[0] for row in rows]
+    assert metrics == [
+        "first-step loss, max |difference| between fp32 sides",
+        "training step, s, vs Llava + peft",
+        "peak training memory, MiB, vs Llava + peft",
+        "real training tokens/s, vs TRL SFTTrainer defaults",
+        "peak training memory, MiB, vs TRL SFTTrainer defaults",
+        "real training tokens/s, vs TRL SFTTrainer fp32",
+        "peak training memory, MiB, vs TRL SFTTrainer fp32",
+        "real training tokens/s, packed (ours) vs TRL SFTTrainer defaults, padded",
+    ]
+    losses, *compared = rows
+    # Every side trained on the same weights and batch: the same loss before any update (TRL's defaults at bf16).
+    assert losses["met"] is True and losses["ours"] <= 1e-4
+    sides = r"(visionbridge trainer|visionbridge|llava|trl fp32|trl)"
+    named = {name: float(loss) for name, loss in re.findall(sides + r" (\d+\.\d+)", losses["note"])}
+    assert set(named) == {"visionbridge", "llava", "visionbridge trainer", "trl", "trl fp32"}
+    assert abs(named["trl"] - named["llava"]) < 0.05
+    assert all(row["ours"] > 0 and row["reference"] > 0 and row["met"] is None for row in compared)  # tiny: not judged
+    _check_ratios(compared)
+    trainable = [re.search(r"trainable: ours (\d+), (?:Llava|TRL) (\d+)", row["note"]) for row in compared]
+    counts = [match.groups() for match in trainable if match]
+    assert len(counts) == 3 and all(ours == theirs for ours, theirs in counts)  # the same LoRA and connector
+    assert "padding" in rows[-1]["note"]
+
+
+def test_a_sides_peak_memory_is_its_own_not_that_of_the_process_that_started_it():
+    ballast = bytearray(1024 * 2**20)
+    ballast[:: 2**12] = b"\1" * len(range(0, len(ballast), 2**12))  # resident: every page written
+    code = "import bench_speed; print(bench_speed.peak_resident_mib())"
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT / "examples", timeout=300, check=True
+    )
+    assert 0 < float(run.stdout) < 900  # the child imports torch; getrusage's ru_maxrss here reads above 1024
+    del ballast
+
+
+def test_trl_trains_at_sftconfigs_defaults_but_for_the_harness(tmp_path, monkeypatch):
+    """The benchmark sets only batch size, steps, saving, reporting, the device and the placeholder rows of TRL's
+    config; SFTConfig's own defaults (bf16, gradient checkpointing, its learning rate) are what the README says."""
+    from trl import SFTConfig
+
+    monkeypatch.syspath_prepend(str(ROOT / "examples"))
+    import bench_vocab
+
+    harness = bench_vocab._harness("cpu")
+    assert set(harness) == {
+        "per_device_train_batch_size",
+        "max_steps",
+        "save_strategy",
+        "report_to",
+        "disable_tqdm",
+        "remove_unused_columns",
+        "use_cpu",
+    }
+    config = SFTConfig(output_dir=str(tmp_path), **harness)
+    assert config.bf16 is True and config.gradient_checkpointing is True and config.learning_rate == 2e-5

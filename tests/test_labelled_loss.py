@@ -72,7 +72,7 @@ def test_chunks_recompute_their_logits_with_the_same_result(make_model, digit_sa
     vocab = model.get_output_embeddings().weight.shape[0]
     monkeypatch.setattr(labelled_loss, "CHUNK_BYTES", 4 * vocab * 5)  # chunks of 5 positions
     calls = []
-    # Chunks of labelled positions are [K, V]; the first call's check of the head runs on [1, T, V].
+    # Chunks of labelled positions are [K, V]; the first call's check of the head runs on [1, K, V].
     hook = model.get_output_embeddings().register_forward_hook(
         lambda module, args, out: calls.append(out.shape[0]) if out.dim() == 2 else None
     )
@@ -106,6 +106,28 @@ def test_a_batch_without_labels_runs_the_head_and_adds_nothing(make_model, digit
     loss.backward()
     assert loss.item() == 0.0
     assert torch.count_nonzero(model.get_output_embeddings().weight.grad) == 0
+
+
+def test_the_check_of_the_head_scores_a_few_positions(make_model, digit_samples):
+    """The one-time check compares the LM's own logits with the lean head's at CHECKED_POSITIONS positions of one
+    row, not at all positions of the batch: at a large vocabulary a full row's logits outweigh a training step's."""
+    model, processor = make_model()
+    batch = _batch(processor, digit_samples[:4])
+    vocab = model.get_output_embeddings().weight.shape[0]
+    shapes = []
+    hook = model.get_output_embeddings().register_forward_hook(
+        lambda module, args, out: shapes.append(tuple(out.shape))
+    )
+    model.train()
+    model(**batch, loss_only=True).loss.backward()
+    first_step = len(shapes)
+    model(**batch, loss_only=True).loss.backward()
+    hook.remove()
+    assert model._head_reproduces_the_logits and batch["input_ids"].shape[1] > labelled_loss.CHECKED_POSITIONS
+    # The LM's own logits and the lean head's, then the labelled positions' chunk, [K, V].
+    assert shapes[:2] == [(1, labelled_loss.CHECKED_POSITIONS, vocab)] * 2
+    assert all(len(shape) == 2 for shape in shapes[2:])
+    assert len(shapes) - first_step == first_step - 2  # checked once: the second step scores its chunk alone
 
 
 def test_a_remote_code_lm(components, digit_samples, tmp_path):
@@ -170,3 +192,61 @@ def test_the_trainer_trains_on_labelled_positions_and_evaluates_on_full_logits(m
     assert seen[2:] and not any(seen[2:]) and torch.isfinite(torch.tensor(metrics["eval_loss"]))
     predictions = trainer.predict(digit_samples[8:12])
     assert predictions.predictions.shape[-1] == model.get_output_embeddings().weight.shape[0]  # full logits
+
+
+def test_evaluation_and_generation_after_lean_steps_read_the_full_logits(make_model, digit_samples, photos, tmp_path):
+    """After training steps on labelled positions only, `evaluate`'s loss is the cross-entropy of the full logits
+    over the batch's labels, and `generate` picks each greedy token from the full logits of the last position."""
+    model, processor = make_model()
+    args = cpu_args(tmp_path, per_device_train_batch_size=4, per_device_eval_batch_size=4, max_steps=2)
+    trainer = VisionBridgeTrainer(
+        model=model,
+        args=args,
+        train_dataset=digit_samples[:8],
+        eval_dataset=digit_samples[8:12],
+        processing_class=processor,
+    )
+    trainer.train()
+    assert model._head_reproduces_the_logits  # the steps took the lean path
+    metrics = trainer.evaluate()
+    model.eval()
+    batch = _batch(processor, digit_samples[8:12])
+    with torch.no_grad():
+        logits = model(**batch).logits  # [B, T, V]
+        expected = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten())
+    assert logits.shape == (*batch["input_ids"].shape, model.get_output_embeddings().weight.shape[0])
+    assert metrics["eval_loss"] == pytest.approx(expected.item(), rel=1e-5)
+
+    inputs = processor(images=[photos[0]], text="<image> what is it?")
+    generated = model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    ids = inputs["input_ids"]
+    with torch.no_grad():
+        for _ in range(4):  # [1, T] -> [1, T + 1]: the argmax of the full logits at the last position
+            logits = model(input_ids=ids, pixel_values=inputs["pixel_values"]).logits
+            ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert generated.tolist() == ids.tolist()
+
+
+@pytest.mark.parametrize("own_loss", ["compute_loss_func", "label_smoothing_factor"])
+def test_a_loss_of_ones_own_gets_the_full_logits(make_model, digit_samples, tmp_path, own_loss):
+    """Label smoothing and a `compute_loss_func` read the logits: their training steps get them all."""
+    model, processor = make_model()
+    vocab = model.get_output_embeddings().weight.shape[0]
+    seen = []
+
+    def loss_of_ones_own(outputs, labels, num_items_in_batch=None):
+        seen.append(outputs.logits.shape)
+        return torch.nn.functional.cross_entropy(outputs.logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten())
+
+    settings = {"label_smoothing_factor": 0.1} if own_loss == "label_smoothing_factor" else {}
+    args = cpu_args(tmp_path, per_device_train_batch_size=4, max_steps=2, **settings)
+    trainer = VisionBridgeTrainer(
+        model=model,
+        args=args,
+        train_dataset=digit_samples[:8],
+        processing_class=processor,
+        compute_loss_func=loss_of_ones_own if own_loss == "compute_loss_func" else None,
+    )
+    model.register_forward_hook(lambda module, args, output: seen.append(output.logits.shape))
+    trainer.train()
+    assert len(seen) >= 2 and all(shape[-1] == vocab for shape in seen)
