@@ -23,12 +23,13 @@ if not TRANSFORMERS_5:
 # Weight initialisation: 5.x's helpers skip tensors that were loaded from a checkpoint; 4.x initialises before
 # loading, so plain torch initialisers do.
 if TRANSFORMERS_5:
-    from transformers.initialization import copy_, no_init_weights
+    from transformers.initialization import copy_, no_init_weights, zeros_
     from transformers.initialization import normal_ as _normal
 else:
     from transformers.modeling_utils import no_init_weights
 
     _normal = nn.init.normal_
+    zeros_ = nn.init.zeros_
 
     def copy_(tensor: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -37,6 +38,16 @@ else:
 
 def normal_(tensor: torch.Tensor, std: float) -> None:
     _normal(tensor, mean=0.0, std=std)
+
+
+def fan_in_normal_(module: nn.Module) -> None:
+    """Every linear layer in `module`: weights normal(0, 1 / sqrt(fan_in)), biases zero, so that each layer keeps
+    the scale of its input (with the helpers above, tensors loaded from a checkpoint are left as they are)."""
+    for linear in module.modules():
+        if isinstance(linear, nn.Linear):
+            normal_(linear.weight, std=linear.in_features**-0.5)
+            if linear.bias is not None:
+                zeros_(linear.bias)
 
 
 def config_from_dict(model_type: str, values: dict) -> PretrainedConfig:
@@ -113,8 +124,10 @@ __all__ = [
     "TRANSFORMERS_5",
     "config_from_dict",
     "copy_",
+    "fan_in_normal_",
     "groups_by_length",
     "legacy_vision_prefix",
     "no_init_weights",
     "normal_",
+    "zeros_",
 ]

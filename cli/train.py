@@ -4,6 +4,8 @@ With no model or data flags it runs the embedded default: built-in tiny componen
 a LLaMA-shaped LM) learn scikit-learn's handwritten digits, then answer questions about held-out digits.
 
     visionbridge train --output_dir outputs/digits --max_steps 2000 --learning_rate 1e-3 --connector_lr 3e-3
+    visionbridge train --connector qformer --stage qformer_pretrain --digits_kinds caption --output_dir outputs/qf1
+    visionbridge train --model outputs/qf1 --output_dir outputs/qf2 --max_steps 2000 --learning_rate 1e-3
     visionbridge train --vision_model openai/clip-vit-large-patch14-336 --language_model lmsys/vicuna-7b-v1.5 \\
         --data_path llava_v1_5_mix665k.json --image_folder data/ --output_dir outputs/llava-lora \\
         --learning_rate 2e-4 --connector_lr 2e-5 --warmup_ratio 0.03 --lr_scheduler_type cosine --bf16
@@ -160,6 +162,7 @@ def check(model_args: ModelArguments, data_args: DataArguments, training_args) -
     """Everything that can be wrong before anything loads: the sources, the data, the output folder."""
     from .. import register_auto_classes
     from ..configuration import VisionBridgeConfig
+    from ..modeling.tiny_components import TINY_CONNECTOR_SETTINGS, tiny_vision_config
     from ..trainer.digits import KINDS, sklearn_datasets
 
     register_auto_classes()  # imports the package's parts in the order they need
@@ -172,10 +175,19 @@ def check(model_args: ModelArguments, data_args: DataArguments, training_args) -
     if model_args.vision_model is not None:
         model_source(model_args.vision_model, "--vision_model")
         model_source(model_args.language_model, "--language_model")
-    try:
-        VisionBridgeConfig(connector=model_args.connector)  # the config is what knows the connectors
+    built_in = model_args.model is None and model_args.vision_model is None
+    try:  # the config is what knows the connectors; the built-in components' settings are checked as they will be
+        VisionBridgeConfig(
+            vision_config=tiny_vision_config() if built_in else None,
+            connector=model_args.connector,
+            connector_config=TINY_CONNECTOR_SETTINGS.get(model_args.connector) if built_in else None,
+        )
     except ValueError as error:
         raise UsageError(f"--connector: {error}") from None
+    if training_args.stage == "qformer_pretrain" and model_args.model is None and model_args.connector != "qformer":
+        raise UsageError(
+            f"--stage qformer_pretrain trains a Q-Former: pass --connector qformer, not {model_args.connector}"
+        )
     for flag, value in (("--data_path", data_args.data_path), ("--eval_data_path", data_args.eval_data_path)):
         path = existing_path(value, flag)
         if path is not None and Path(path).is_dir():
@@ -289,6 +301,8 @@ def main(argv: list[str] | None = None) -> None:
     model_args, data_args, training_args = parse_arguments(argv)
     check(model_args, data_args, training_args)
 
+    from transformers import set_seed
+
     from ..trainer import VisionBridgeTrainer, load_training_data
     from ..trainer.digits import digits_files, write_digits_data
     from ..trainer.evaluation import evaluate
@@ -296,6 +310,7 @@ def main(argv: list[str] | None = None) -> None:
 
     output_dir = Path(training_args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    set_seed(training_args.seed)  # the fresh connector's weights too: a run is repeated by its --seed
     with _one_process_writes(training_args) as writes:
         eval_path = data_args.eval_data_path
         if data_args.data_path is None:
@@ -325,6 +340,11 @@ def main(argv: list[str] | None = None) -> None:
     if training_args.push_to_hub:
         trainer.push_to_hub(finetuned_from=base if not Path(base).exists() else None)
 
+    if training_args.stage == "qformer_pretrain":
+        # The LLM has not seen the Q-Former yet: there is nothing to ask it until the next stage.
+        if first:
+            print(f"next: visionbridge train --model {output_dir} ... (the Q-Former's LLM stage)")
+        return
     if eval_path is not None:
         # Every process generates every answer: under ZeRO-3 and FSDP each forward gathers the weights from all of
         # them. The first one writes the report.

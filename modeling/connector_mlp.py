@@ -15,6 +15,7 @@ class MLPConnector(nn.Sequential):
     """
 
     settings: dict = {}  # the depth is in the connector's name
+    default_lr = None  # without a connector_lr, the connector trains at learning_rate
 
     def __init__(self, vision_hidden_size: int, text_hidden_size: int, depth: int):
         layers = [nn.Linear(vision_hidden_size, text_hidden_size)]

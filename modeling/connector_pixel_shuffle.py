@@ -16,6 +16,7 @@ class PixelShuffleConnector(nn.Module):
     """
 
     settings = {"scale_factor": 2}
+    default_lr = None  # without a connector_lr, the connector trains at learning_rate
 
     def __init__(self, vision_hidden_size: int, text_hidden_size: int, scale_factor: int):
         super().__init__()

@@ -163,6 +163,10 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
 
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """pixel_values [N, 3, H, W] -> image tokens [N, image_seq_length, D] in the connector's dtype."""
+        return self.connector(self.get_vision_features(pixel_values))  # [N, S, D_text]
+
+    def get_vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """pixel_values [N, 3, H, W] -> the features the connector reads [N, P, D_vision], in its dtype."""
         kwargs = {}
         if pixel_values.shape[-1] != self.config.vision_config.image_size:
             kwargs["interpolate_pos_encoding"] = True  # another resolution than the encoder was trained at
@@ -176,8 +180,7 @@ class VisionBridgeForConditionalGeneration(PreTrainedModel, GenerationMixin):
                 features = hidden_layer(self.vision_tower, pixel_values, layer, **kwargs)  # [N, prefix+P, D_vision]
         if self.config.vision_feature_select == "patch":
             features = features[:, self.config.num_prefix_tokens :]  # [N, P, D_vision]
-        connector_dtype = next(self.connector.parameters()).dtype
-        return self.connector(features.to(connector_dtype))  # [N, S, D_text]
+        return features.to(next(self.connector.parameters()).dtype)
 
     def _image_token_mask(
         self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor, token_id: int | None = None

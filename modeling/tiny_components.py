@@ -21,7 +21,8 @@ from transformers import (
 )
 
 # Connector settings at the tiny components' scale (`from_components(..., connector=name, connector_config=...)`):
-# a 2-layer Q-Former of width 32 with 8 queries, a 3x3 resampler grid with 4 heads.
+# a 2-layer Q-Former of width 32 with 8 queries, cross-attending to the image in both layers (with BLIP-2's one
+# layer in two, the digits task stayed near 0.89 after both stages), a 3x3 resampler grid with 4 heads.
 TINY_CONNECTOR_SETTINGS = {
     "qformer": {
         "num_query_tokens": 8,
@@ -32,6 +33,7 @@ TINY_CONNECTOR_SETTINGS = {
             "intermediate_size": 64,
             "hidden_dropout_prob": 0.0,
             "attention_probs_dropout_prob": 0.0,
+            "cross_attention_frequency": 1,
         },
     },
     "resampler": {"num_query_tokens": 9, "num_heads": 4},
@@ -67,6 +69,11 @@ def _vision_parts(kind: str, image_size: int):
     else:
         raise ValueError(f"Unknown tiny vision encoder {kind!r}; choose 'clip' or 'siglip'.")
     return config, processor
+
+
+def tiny_vision_config(kind: str = "clip", image_size: int = 32):
+    """The config of the built-in tiny vision encoder `kind` (`clip` | `siglip`)."""
+    return _vision_parts(kind, image_size)[0]
 
 
 def _language_config(kind: str, vocab_size: int, ids: dict):

@@ -43,6 +43,9 @@ def test_benchmark_smoke_run_at_tiny_size(tmp_path):
     quality = {row["metric"].rsplit(", ", 1)[1]: row for row in rows if row["section"] == "quality"}
     assert sorted(quality) == ["linear", "mlp2x_gelu", "pixel_shuffle", "qformer", "resampler"]
     assert all(0 <= row["ours"] <= 1 and row["met"] is None for row in quality.values())  # not judged at tiny size
+    # Each row names its connector's recipe: the Q-Former's first stage, the query connectors' own rate.
+    assert "after 2 steps of qformer_pretrain" in quality["qformer"]["note"]
+    assert "connector lr 0.001" in quality["resampler"]["note"] and "connector lr 0.003" in quality["linear"]["note"]
 
     table = run.stdout.splitlines()
     header = next(index for index, line in enumerate(table) if line.startswith("| section |"))

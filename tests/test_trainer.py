@@ -399,3 +399,24 @@ def test_optimizers_that_build_their_own_groups_are_refused(make_model, digit_sa
     monkeypatch.setattr(trainer, "get_optimizer_cls_and_kwargs", own)
     with pytest.raises(ValueError, match="builds its own parameter groups"):
         trainer.create_optimizer()
+
+
+@pytest.mark.parametrize(
+    ("connector", "connector_lr", "expected"),
+    [("qformer", None, 1e-3), ("resampler", None, 1e-3), ("mlp2x_gelu", None, 2e-4), ("qformer", 5e-5, 5e-5)],
+)
+def test_without_connector_lr_the_connector_trains_at_its_own_default(
+    make_model, digit_samples, tmp_path, connector, connector_lr, expected
+):
+    trainer = _trainer(
+        make_model,
+        digit_samples,
+        tmp_path,
+        model_kwargs={"connector": connector},
+        learning_rate=2e-4,
+        connector_lr=connector_lr,
+    )
+    rates = {group["name"]: group["lr"] for group in trainer.create_optimizer().param_groups}
+    assert rates["connector"] == expected and rates["language_model"] == 2e-4
+    trainer.save_model()
+    assert f"| connector learning rate | {expected} |" in (tmp_path / "out" / "README.md").read_text()

@@ -58,6 +58,11 @@ class VisionBridgeTrainingArguments(VisionBridgeOptions, TrainingArguments):
             if self.warmup_steps:
                 raise ValueError("Pass warmup_ratio or warmup_steps, not both.")
             self.warmup_steps = self.warmup_ratio
+        if self.stage == "qformer_pretrain" and (self.lora_vision or not self.freeze_language_model):
+            raise ValueError(
+                "stage='qformer_pretrain' trains only the Q-Former and its query tokens: it cannot be combined with "
+                "lora_vision or freeze_language_model=False."
+            )
         if self.use_qlora and self.stage != "instruct":
             raise ValueError("use_qlora trains LoRA over a frozen 4-bit LLM: it needs stage='instruct'.")
         # Reentrant checkpointing fails on a text-only batch: behind frozen embeddings no input of the checkpointed

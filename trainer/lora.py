@@ -12,6 +12,8 @@ from .arguments import VisionBridgeTrainingArguments
 PARTS = ("connector", "language_model", "vision_tower")
 # Modules that train, and are saved, as part of the connector: the image start/end embeddings.
 CONNECTOR_EXTRAS = ("image_boundary",)
+# What trains in stage="qformer_pretrain": the Q-Former's queries and layers.
+QFORMER_PRETRAIN_TRAINS = ("connector.query_tokens", "connector.qformer.")
 
 
 def unwrap(model: nn.Module) -> VisionBridgeForConditionalGeneration:
@@ -90,6 +92,8 @@ def prepare_model(model: nn.Module, args: VisionBridgeTrainingArguments) -> nn.M
         part = part_of(name)
         if part == "vision_tower" and _under(name, unused):
             parameter.requires_grad_(False)
+        elif args.stage == "qformer_pretrain":  # BLIP-2's first stage reaches neither the LLM nor its projection
+            parameter.requires_grad_(_under(name, QFORMER_PRETRAIN_TRAINS))
         elif "lora_" in name or ".modules_to_save." in name:
             parameter.requires_grad_(True)
         elif part in trains:

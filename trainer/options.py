@@ -6,7 +6,7 @@ Kept apart from `VisionBridgeTrainingArguments` (which adds them to transformers
 
 from dataclasses import dataclass, field
 
-STAGES = ("align", "instruct", "full")
+STAGES = ("align", "instruct", "full", "qformer_pretrain")
 ON_BAD_SAMPLE = ("raise", "skip")
 
 
@@ -16,12 +16,17 @@ class VisionBridgeOptions:
         default="instruct",
         metadata={
             "help": "align: train the connector only (LLaVA stage 1); instruct: connector + LoRA on the LLM "
-            "(stage 2); full: connector + every LLM weight.",
+            "(stage 2); full: connector + every LLM weight; qformer_pretrain: BLIP-2's first stage, the Q-Former "
+            "and its queries against the frozen tower by image-text contrast, no LLM (saves the whole model).",
             "choices": list(STAGES),
         },
     )
     connector_lr: float | None = field(
-        default=None, metadata={"help": "Learning rate of the connector (default: learning_rate), e.g. 1e-4 vs 3e-5."}
+        default=None,
+        metadata={
+            "help": "Learning rate of the connector, e.g. 1e-4 vs 3e-5. Default: the connector's own (qformer and "
+            "resampler: 1e-3), else learning_rate."
+        },
     )
     vision_lr: float | None = field(
         default=None, metadata={"help": "Learning rate of the vision tower's trainable part (default: learning_rate)."}
@@ -78,3 +83,9 @@ class VisionBridgeOptions:
             "cost the square of a row's length); not under flash attention, which packs each batch into one row."
         },
     )
+
+
+def connector_rate(args, connector_class: type) -> float:
+    """The connector's learning rate under the training arguments `args`: connector_lr, else the connector's own
+    `default_lr` (a connector registered without one has none), else learning_rate."""
+    return args.connector_lr or getattr(connector_class, "default_lr", None) or args.learning_rate

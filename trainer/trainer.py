@@ -25,7 +25,9 @@ from .collator import VisionBridgeCollator
 from .data import VisionBridgeDataset
 from .lora import part_of, prepare_model, unwrap
 from .model_card import render_model_card
+from .options import connector_rate
 from .packing import check_packing_support, row_length_for
+from .qformer_pretrain import QFormerPretraining
 
 logger = logging.get_logger(__name__)
 
@@ -126,7 +128,16 @@ class VisionBridgeTrainer(StagedCheckpoints):
         if args.packing:
             check_packing_support(unwrap(model).language_model)
         kwargs["train_dataset"] = _index_samples(dataset, data_collator, args.on_bad_sample)
+        # BLIP-2's first stage: its own modules beside the model, trained with it and never saved (see there).
+        self.qformer_pretraining = QFormerPretraining(unwrap(model)) if args.stage == "qformer_pretrain" else None
         super().__init__(model=model, args=args, data_collator=data_collator, **kwargs)
+        if self.qformer_pretraining is not None:
+            if args.world_size > 1:
+                raise ValueError(
+                    f"stage='qformer_pretrain' runs in one process; this run has {args.world_size}. Run it alone, "
+                    "then train the later stages on several."
+                )
+            self.qformer_pretraining.to(args.device)
         self.gradient_check = GradientCheck(enabled=not (self.is_deepspeed_enabled or self.is_fsdp_enabled))
         self.add_callback(self.gradient_check)
         if self.is_fsdp_enabled and not TRAINER_GATHERS_FSDP_WEIGHTS_FOR_GENERATE:
@@ -183,7 +194,7 @@ class VisionBridgeTrainer(StagedCheckpoints):
         # The language model's group comes first: the Trainer logs the first group's rate as learning_rate.
         rates = {
             "language_model": args.learning_rate,
-            "connector": args.connector_lr or args.learning_rate,
+            "connector": connector_rate(args, unwrap(model).config.connector_class),
             "vision_tower": args.vision_lr or args.learning_rate,
         }
         decaying = set(self.get_decay_parameter_names(model))
@@ -204,6 +215,15 @@ class VisionBridgeTrainer(StagedCheckpoints):
                             "weight_decay": args.weight_decay if decays else 0.0,
                         }
                     )
+        if self.qformer_pretraining is not None:
+            groups.append(
+                {
+                    "name": "qformer_pretrain heads",
+                    "params": self.qformer_pretraining.own_parameters(),
+                    "lr": rates["connector"],
+                    "weight_decay": 0.0,
+                }
+            )
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(args, model)
         own_groups = {"params", "model", "optimizer_dict"} & set(optimizer_kwargs)
         if own_groups:
@@ -227,8 +247,14 @@ class VisionBridgeTrainer(StagedCheckpoints):
             self._supervised_tokens = self._total_tokens = 0
         super().log(logs, *args, **kwargs)
 
-    def train(self, *args, **kwargs):
-        output = super().train(*args, **kwargs)
+    def train(self, resume_from_checkpoint=None, **kwargs):
+        if resume_from_checkpoint and self.qformer_pretraining is not None:
+            # Its heads live beside the model and are not in checkpoints, so they would restart from fresh weights.
+            raise ValueError(
+                "stage='qformer_pretrain' does not resume from a checkpoint; run the stage again from the start (it "
+                "takes minutes)."
+            )
+        output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
         # Each process drops and skips in its own share of the data.
         dropped, skipped = (
             int(total)
@@ -256,6 +282,10 @@ class VisionBridgeTrainer(StagedCheckpoints):
         loss function), the model computes the LM head at labelled positions only (`loss_only`)."""
         inputs.pop(SKIPPED, None)  # evaluation batches; training_step has counted those of training
         inputs.pop(DROPPED, None)
+        if self.qformer_pretraining is not None:
+            if return_outputs:
+                raise ValueError("stage='qformer_pretrain' has a loss and no outputs to evaluate.")
+            return self.qformer_pretraining.loss(unwrap(model), inputs)
         if not return_outputs and self.label_smoother is None and self.compute_loss_func is None and "labels" in inputs:
             inputs = {**inputs, "loss_only": True}
         return super().compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)
