@@ -16,6 +16,18 @@ torch.set_num_threads(2)
 pytest.register_assert_rewrite("engine_checks")  # its assertions report their values, as the tests' own do
 
 
+@pytest.fixture(autouse=True)
+def accelerate_environment():
+    """transformers 4.57's training arguments announce their precision and engine to accelerate in os.environ
+    (ACCELERATE_MIXED_PRECISION, ACCELERATE_USE_DEEPSPEED, ...) for the rest of the process: what a test leaves there
+    is removed after it, so that later tests, and the processes they start, train as they ask."""
+    before = {name: value for name, value in os.environ.items() if name.startswith("ACCELERATE_")}
+    yield
+    for name in [name for name in os.environ if name.startswith("ACCELERATE_") and name not in before]:
+        del os.environ[name]
+    os.environ.update(before)
+
+
 @pytest.fixture(scope="session")
 def components(tmp_path_factory):
     """components(vision, language) -> (vision_path, language_path), built once per pair."""

@@ -68,12 +68,9 @@ def test_the_gpu_script_says_it_needs_a_gpu():
     assert (done.returncode, done.stderr.strip()) == (1, NO_GPU)
 
 
-def test_the_readme_commands_and_the_shipped_configs(tmp_path, monkeypatch):
-    # Parsing them, transformers 4.57 announces DeepSpeed and bf16 to accelerate in os.environ, for good; and any
-    # transformers makes DeepSpeed's config the process's. Both are undone at the end.
-    for name in ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_MIXED_PRECISION"):
-        monkeypatch.setenv(name, "")  # recorded, so that the end of the test removes what parsing sets
-        monkeypatch.delenv(name)
+def test_the_readme_commands_and_the_shipped_configs(tmp_path):
+    # Parsing them makes DeepSpeed's config the process's (undone after each); what transformers 4.57 writes into
+    # os.environ is removed after the test (conftest.py).
     readme = (TESTS.parent / "README.md").read_text()
     section = readme[readme.index("## Multi-GPU") : readme.index("## Configuration")]
     start = section.index("```bash\n") + len("```bash\n")
