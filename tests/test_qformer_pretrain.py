@@ -101,6 +101,42 @@ def test_the_stage_keeps_lora_and_the_llm_out(tmp_path):
         _stage_args(tmp_path, lora_vision=True)
     with pytest.raises(ValueError, match="trains only the Q-Former"):
         _stage_args(tmp_path, freeze_language_model=False)
+    with pytest.raises(ValueError, match="trains only the Q-Former"):
+        _stage_args(tmp_path, freeze_vision_tower=False)
+    with pytest.raises(ValueError, match="trains only the Q-Former"):
+        _stage_args(tmp_path, packing=True)
+    with pytest.raises(ValueError, match="leave eval_strategy at 'no'"):
+        _stage_args(tmp_path, eval_strategy="steps", eval_steps=2)
+
+
+def test_the_stage_refuses_a_peft_model(make_model, digit_samples, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    model, processor = make_model(connector="qformer")
+    # As an instruct stage leaves it: LoRA on the LLM, the connector saved whole.
+    wrapped = get_peft_model(model, LoraConfig(target_modules=["q_proj"], modules_to_save=["connector"]))
+    with pytest.raises(ValueError, match="keeps frozen|not a peft model"):
+        VisionBridgeTrainer(
+            model=wrapped, args=_stage_args(tmp_path), train_dataset=digit_samples, processing_class=processor
+        )
+
+
+def test_accumulated_steps_take_the_mean_of_their_batches_losses(make_model, digit_samples, tmp_path):
+    """The Trainer leaves dividing by the accumulation steps to the loss when it passes num_items_in_batch."""
+    model, processor = make_model(connector="qformer")
+    trainer = VisionBridgeTrainer(
+        model=model,
+        args=_stage_args(tmp_path, gradient_accumulation_steps=4),
+        train_dataset=_caption_samples(digit_samples),
+        processing_class=processor,
+    )
+    batch = trainer.data_collator(_caption_samples(digit_samples)[:4])
+    trainer.current_gradient_accumulation_steps = 4  # as the training loop sets it
+    torch.manual_seed(0)
+    alone = trainer.compute_loss(trainer.model, dict(batch))
+    torch.manual_seed(0)
+    accumulated = trainer.compute_loss(trainer.model, dict(batch), num_items_in_batch=torch.tensor(40))
+    torch.testing.assert_close(accumulated, alone / 4)
 
 
 def test_the_command_runs_the_stage_then_the_llm_stage_from_its_folder(tmp_path, capsys):
