@@ -297,9 +297,19 @@ def build_model(model_args: ModelArguments, output_dir: Path, writes: bool = Tru
     return model, processor, str(base)
 
 
+def fresh_connector_rate(model_args: ModelArguments, training_args) -> None:
+    """Without --connector_lr, a connector built from fresh weights (no --model) trains at its own `default_lr`
+    (the query connectors: 1e-3); a loaded one, such as a converted BLIP-2, at --learning_rate as any other part."""
+    from ..modeling.connectors import registered_connector
+
+    if model_args.model is None and training_args.connector_lr is None:
+        training_args.connector_lr = registered_connector(model_args.connector).default_lr
+
+
 def main(argv: list[str] | None = None) -> None:
     model_args, data_args, training_args = parse_arguments(argv)
     check(model_args, data_args, training_args)
+    fresh_connector_rate(model_args, training_args)
 
     from transformers import set_seed
 

@@ -24,13 +24,14 @@ BUDGETS = {
     "full": {"steps": 2000, "pretrain_steps": 2000, "held_out": None},
 }
 # Each connector's recipe (README, Connectors): the patch connectors at the demo's connector_lr, the query connectors
-# at their own default (1e-3), the Q-Former after BLIP-2's first stage on the digits' captions.
+# at their own default_lr (1e-3), the Q-Former after BLIP-2's first stage on the digits' captions; seed 0, the
+# cosine schedule without warm-up.
 RECIPES = {
     "linear": {"connector_lr": 3e-3},
     "mlp2x_gelu": {"connector_lr": 3e-3},
     "pixel_shuffle": {"connector_lr": 3e-3},
-    "qformer": {"qformer_pretrain": True},
-    "resampler": {},
+    "qformer": {"connector_lr": 1e-3, "qformer_pretrain": True},
+    "resampler": {"connector_lr": 1e-3},
 }
 GOAL_CONNECTOR, GOAL_ACCURACY, GOAL_SECONDS = "mlp2x_gelu", 0.95, 300  # seconds of training, wall clock
 
@@ -67,7 +68,6 @@ def train_and_score(connector: str, components: tuple[str, str], data: dict, fol
     from visionbridge.modeling.tiny_components import TINY_CONNECTOR_SETTINGS
     from visionbridge.trainer import load_training_data
     from visionbridge.trainer.evaluation import evaluate
-    from visionbridge.trainer.options import connector_rate
 
     torch.manual_seed(0)
     settings = TINY_CONNECTOR_SETTINGS.get(connector)
@@ -99,7 +99,7 @@ def train_and_score(connector: str, components: tuple[str, str], data: dict, fol
     if budget["held_out"] is not None:
         held_out = [held_out[index] for index in range(budget["held_out"])]
     report = evaluate(trainer.model, processor, held_out, max_new_tokens=4, progress=False)
-    described = f"connector lr {connector_rate(args, model.config.connector_class):g}" + (
+    described = f"connector lr {recipe['connector_lr']:g}" + (
         f", after {budget['pretrain_steps']} steps of qformer_pretrain" if recipe.get("qformer_pretrain") else ""
     )
     return report["accuracy"], seconds, cpu_seconds, report["count"], described

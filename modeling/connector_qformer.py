@@ -20,8 +20,8 @@ class QFormerConnector(nn.Module):
     """
 
     settings = {"num_query_tokens": 32, "qformer_config": None}
-    # The connector's learning rate when none is given: from fresh weights the Q-Former learned the digits task at
-    # 1e-3 beside LoRA at 1e-3, and stalled at 3e-3 (README, Connectors).
+    # Its learning rate from fresh weights (see connectors.py): the Q-Former learned the digits task at 1e-3 beside
+    # LoRA at 1e-3, and stalled at 3e-3 (README, Connectors).
     default_lr = 1e-3
 
     def __init__(self, qformer_config: Blip2QFormerConfig, num_query_tokens: int, text_hidden_size: int):

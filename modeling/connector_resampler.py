@@ -46,8 +46,8 @@ class ResamplerConnector(nn.Module):
     """
 
     settings = {"num_query_tokens": 256, "hidden_size": None, "num_heads": None}
-    # The connector's learning rate when none is given: from fresh weights the resampler learned the digits task
-    # at 1e-3 beside LoRA at 1e-3, and less well at 3e-3 (README, Connectors).
+    # Its learning rate from fresh weights (see connectors.py): the resampler learned the digits task at 1e-3
+    # beside LoRA at 1e-3, and less well at 3e-3 (README, Connectors).
     default_lr = 1e-3
 
     def __init__(

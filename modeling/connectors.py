@@ -7,8 +7,8 @@ A connector class is self-contained, one file, and says everything the config an
     image_tokens(settings, features)     LLM tokens per image, for `features` vision features per image
     from_config(config)                  the module for a VisionBridgeConfig
     init_weights(std)                    its own initialisation, after the model's generic one of its layers
-    default_lr                           its learning rate when the training arguments give no connector_lr
-                                         (None: learning_rate; optional for a registered connector)
+    default_lr                           the connector_lr `visionbridge train` gives it when it builds it from
+                                         fresh weights and none is passed (None: learning_rate)
     forward(features)                    [N, P, D_vision] -> [N, image tokens, D_text]
 
 A saved model carries the file of its connector and names the class in `connector_config.shipped_class`, so that

@@ -9,6 +9,7 @@ from torch import nn
 
 class PooledConnector(nn.Module):
     settings = {"grid": 2}
+    default_lr = None
 
     def __init__(self, vision_hidden_size: int, text_hidden_size: int, grid: int):
         super().__init__()

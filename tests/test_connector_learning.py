@@ -5,18 +5,18 @@ import json
 import pytest
 import torch
 from cpu_args import cpu_args
-from digit_chats import digit_chats
+from digit_chats import captioned, digit_chats
 
 from visionbridge.cli import main
+from visionbridge.modeling.connectors import registered_connector
 from visionbridge.trainer import VisionBridgeTrainer
-from visionbridge.trainer.digits import DIGIT_WORDS
 from visionbridge.trainer.evaluation import evaluate
 
 # One connector per class: `mlp2x_gelu` is the class of `linear` at depth 2, whose loss sits on the answer prior's
 # plateau for about 250 steps (0.23 after 200), too long for a short run.
 CONNECTORS = ("linear", "pixel_shuffle", "qformer", "resampler")
-# Steps of batch 16 at a constant 3e-3, after which the connectors measured 0.33-0.63 (the Q-Former first has its
-# own stage).
+# Steps of batch 16 at a constant 3e-3 (the query connectors at their own 1e-3, as `visionbridge train` gives a fresh
+# one), after which the connectors measured 0.33-0.63 (the Q-Former first has its own stage).
 STEPS = 200
 QFORMER_PRETRAIN_STEPS, HELD_OUT = 300, 150
 # The best constant answer scores the share of the commonest digit among the held-out ones, about 0.1, and a
@@ -42,23 +42,6 @@ def split() -> tuple[list[dict], list[dict]]:
     return chats[:1500], chats[1500 : 1500 + HELD_OUT]
 
 
-def _captioned(chats: list[dict]) -> list[dict]:
-    """The same images with a caption as the answer: the image-text pairs of BLIP-2's first stage."""
-    return [
-        {
-            "messages": [
-                chat["messages"][0],
-                {
-                    "role": "assistant",
-                    "content": f"A handwritten {DIGIT_WORDS[int(chat['messages'][1]['content'][-2])]}.",
-                },
-            ],
-            "images": chat["images"],
-        }
-        for chat in chats
-    ]
-
-
 def _answer(chat: dict) -> str:
     return chat["messages"][1]["content"]
 
@@ -77,10 +60,9 @@ def test_a_short_run_beats_the_answer_prior(make_model, split, tmp_path, connect
             lr_scheduler_type="constant_with_warmup",
             warmup_steps=QFORMER_PRETRAIN_STEPS // 10,
         )
-        VisionBridgeTrainer(
-            model=model, args=stage, train_dataset=_captioned(train), processing_class=processor
-        ).train()
-    batch = dict(per_device_train_batch_size=16, learning_rate=3e-3, lr_scheduler_type="constant")
+        VisionBridgeTrainer(model=model, args=stage, train_dataset=captioned(train), processing_class=processor).train()
+    rate = registered_connector(connector).default_lr
+    batch = dict(per_device_train_batch_size=16, learning_rate=3e-3, connector_lr=rate, lr_scheduler_type="constant")
     args = cpu_args(tmp_path / "run", max_steps=STEPS, **batch)
     trainer = VisionBridgeTrainer(model=model, args=args, train_dataset=train, processing_class=processor)
     trainer.train()

@@ -3,6 +3,7 @@
 import pytest
 import torch
 from cpu_args import cpu_args
+from digit_chats import captioned
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText
 
@@ -16,21 +17,6 @@ def _stage_args(tmp_path, **settings):
     return cpu_args(tmp_path / "stage1", **(defaults | settings))
 
 
-def _caption_samples(digit_samples: list[dict]) -> list[dict]:
-    """The digits with a caption as the answer, as BLIP-2's first stage reads image-text pairs."""
-    words = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-    return [
-        {
-            "messages": [
-                sample["messages"][0],
-                {"role": "assistant", "content": f"A handwritten {words[int(sample['messages'][1]['content'][-2])]}."},
-            ],
-            "images": sample["images"],
-        }
-        for sample in digit_samples
-    ]
-
-
 def test_the_stage_trains_only_the_qformer_and_saves_no_stage_module(make_model, digit_samples, tmp_path):
     model, processor = make_model(connector="qformer")
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
@@ -38,7 +24,7 @@ def test_the_stage_trains_only_the_qformer_and_saves_no_stage_module(make_model,
     trainer = VisionBridgeTrainer(
         model=model,
         args=_stage_args(tmp_path),
-        train_dataset=_caption_samples(digit_samples),
+        train_dataset=captioned(digit_samples),
         processing_class=processor,
     )
     heads = [parameter.detach().clone() for parameter in trainer.qformer_pretraining.own_parameters()]
@@ -62,7 +48,7 @@ def test_the_stage_lowers_its_contrastive_loss(make_model, digit_samples, tmp_pa
     model, processor = make_model(connector="qformer")
     args = _stage_args(tmp_path, max_steps=60, per_device_train_batch_size=16, logging_steps=10)
     trainer = VisionBridgeTrainer(
-        model=model, args=args, train_dataset=_caption_samples(digit_samples), processing_class=processor
+        model=model, args=args, train_dataset=captioned(digit_samples), processing_class=processor
     )
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
@@ -86,7 +72,7 @@ def test_the_stage_refuses_other_connectors_and_samples_without_an_image(make_mo
             model=model, args=_stage_args(tmp_path), train_dataset=digit_samples, processing_class=processor
         )
     model, processor = make_model(connector="qformer")
-    mixed = _caption_samples(digit_samples[:7]) + [
+    mixed = captioned(digit_samples[:7]) + [
         {"messages": [{"role": "user", "content": "Hello?"}, {"role": "assistant", "content": "No image."}]}
     ]
     trainer = VisionBridgeTrainer(
@@ -101,6 +87,42 @@ def test_the_stage_keeps_lora_and_the_llm_out(tmp_path):
         _stage_args(tmp_path, lora_vision=True)
     with pytest.raises(ValueError, match="trains only the Q-Former"):
         _stage_args(tmp_path, freeze_language_model=False)
+    with pytest.raises(ValueError, match="trains only the Q-Former"):
+        _stage_args(tmp_path, freeze_vision_tower=False)
+    with pytest.raises(ValueError, match="trains only the Q-Former"):
+        _stage_args(tmp_path, packing=True)
+    with pytest.raises(ValueError, match="leave eval_strategy at 'no'"):
+        _stage_args(tmp_path, eval_strategy="steps", eval_steps=2)
+
+
+def test_the_stage_refuses_a_peft_model(make_model, digit_samples, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    model, processor = make_model(connector="qformer")
+    # As an instruct stage leaves it: LoRA on the LLM, the connector saved whole.
+    wrapped = get_peft_model(model, LoraConfig(target_modules=["q_proj"], modules_to_save=["connector"]))
+    with pytest.raises(ValueError, match="keeps frozen|not a peft model"):
+        VisionBridgeTrainer(
+            model=wrapped, args=_stage_args(tmp_path), train_dataset=digit_samples, processing_class=processor
+        )
+
+
+def test_accumulated_steps_take_the_mean_of_their_batches_losses(make_model, digit_samples, tmp_path):
+    """The Trainer leaves dividing by the accumulation steps to the loss when it passes num_items_in_batch."""
+    model, processor = make_model(connector="qformer")
+    trainer = VisionBridgeTrainer(
+        model=model,
+        args=_stage_args(tmp_path, gradient_accumulation_steps=4),
+        train_dataset=captioned(digit_samples),
+        processing_class=processor,
+    )
+    batch = trainer.data_collator(captioned(digit_samples)[:4])
+    trainer.current_gradient_accumulation_steps = 4  # as the training loop sets it
+    torch.manual_seed(0)
+    alone = trainer.compute_loss(trainer.model, dict(batch))
+    torch.manual_seed(0)
+    accumulated = trainer.compute_loss(trainer.model, dict(batch), num_items_in_batch=torch.tensor(40))
+    torch.testing.assert_close(accumulated, alone / 4)
 
 
 def test_the_command_runs_the_stage_then_the_llm_stage_from_its_folder(tmp_path, capsys):
@@ -127,7 +149,7 @@ def test_the_stage_does_not_resume_from_a_checkpoint(make_model, digit_samples, 
     trainer = VisionBridgeTrainer(
         model=model,
         args=_stage_args(tmp_path),
-        train_dataset=_caption_samples(digit_samples),
+        train_dataset=captioned(digit_samples),
         processing_class=processor,
     )
     with pytest.raises(ValueError, match="does not resume from a checkpoint"):

@@ -403,11 +403,13 @@ def test_optimizers_that_build_their_own_groups_are_refused(make_model, digit_sa
 
 @pytest.mark.parametrize(
     ("connector", "connector_lr", "expected"),
-    [("qformer", None, 1e-3), ("resampler", None, 1e-3), ("mlp2x_gelu", None, 2e-4), ("qformer", 5e-5, 5e-5)],
+    [("qformer", None, 2e-4), ("resampler", None, 2e-4), ("mlp2x_gelu", None, 2e-4), ("qformer", 5e-5, 5e-5)],
 )
-def test_without_connector_lr_the_connector_trains_at_its_own_default(
+def test_without_connector_lr_the_connector_trains_at_learning_rate(
     make_model, digit_samples, tmp_path, connector, connector_lr, expected
 ):
+    """The trainer cannot tell a fresh connector from a trained one (a converted BLIP-2's Q-Former): both train at
+    learning_rate unless told otherwise."""
     trainer = _trainer(
         make_model,
         digit_samples,
@@ -420,3 +422,21 @@ def test_without_connector_lr_the_connector_trains_at_its_own_default(
     assert rates["connector"] == expected and rates["language_model"] == 2e-4
     trainer.save_model()
     assert f"| connector learning rate | {expected} |" in (tmp_path / "out" / "README.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--connector", "qformer"], 1e-3),
+        (["--connector", "resampler"], 1e-3),
+        (["--connector", "mlp2x_gelu"], None),
+        (["--connector", "qformer", "--connector_lr", "5e-5"], 5e-5),
+        (["--model", "converted-blip2"], None),
+    ],
+)
+def test_the_command_gives_a_fresh_connector_its_own_rate(tmp_path, flags, expected):
+    from visionbridge.cli.train import fresh_connector_rate, parse_arguments
+
+    model_args, _, training_args = parse_arguments([*flags, "--output_dir", str(tmp_path), "--use_cpu"])
+    fresh_connector_rate(model_args, training_args)
+    assert training_args.connector_lr == expected

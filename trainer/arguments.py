@@ -58,10 +58,13 @@ class VisionBridgeTrainingArguments(VisionBridgeOptions, TrainingArguments):
             if self.warmup_steps:
                 raise ValueError("Pass warmup_ratio or warmup_steps, not both.")
             self.warmup_steps = self.warmup_ratio
-        if self.stage == "qformer_pretrain" and (self.lora_vision or not self.freeze_language_model):
+        if self.stage == "qformer_pretrain" and (
+            self.lora_vision or not self.freeze_language_model or not self.freeze_vision_tower or self.packing
+        ):
             raise ValueError(
-                "stage='qformer_pretrain' trains only the Q-Former and its query tokens: it cannot be combined with "
-                "lora_vision or freeze_language_model=False."
+                "stage='qformer_pretrain' trains only the Q-Former and its query tokens on one image per sample: it "
+                "cannot be combined with lora_vision, freeze_language_model=False, freeze_vision_tower=False or "
+                "packing."
             )
         if self.use_qlora and self.stage != "instruct":
             raise ValueError("use_qlora trains LoRA over a frozen 4-bit LLM: it needs stage='instruct'.")
@@ -70,6 +73,8 @@ class VisionBridgeTrainingArguments(VisionBridgeOptions, TrainingArguments):
         if CHECKPOINTING_IS_REENTRANT_BY_DEFAULT and self.gradient_checkpointing_kwargs is None:
             self.gradient_checkpointing_kwargs = {"use_reentrant": False}
         super().__post_init__()
+        if self.stage == "qformer_pretrain" and self.eval_strategy != "no":
+            raise ValueError("stage='qformer_pretrain' has a training loss only: leave eval_strategy at 'no'.")
 
     @property
     def uses_lora(self) -> bool:

@@ -8,7 +8,6 @@ from peft import PeftModel
 from torch import nn
 
 from .lora import unwrap
-from .options import connector_rate
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "model_card.md"
 
@@ -55,7 +54,7 @@ def render_model_card(
     else:
         rates = {
             "stage": args.stage,
-            "connector_lr": connector_rate(args, config.connector_class),
+            "connector_lr": args.connector_lr or args.learning_rate,
             "llm_lr": _part_rate(args.freeze_language_model, args.stage == "instruct", args.learning_rate),
             "vision_lr": _part_rate(args.freeze_vision_tower, args.lora_vision, args.vision_lr or args.learning_rate),
         }

@@ -83,9 +83,3 @@ class VisionBridgeOptions:
             "cost the square of a row's length); not under flash attention, which packs each batch into one row."
         },
     )
-
-
-def connector_rate(args, connector_class: type) -> float:
-    """The connector's learning rate under the training arguments `args`: connector_lr, else the connector's own
-    `default_lr` (a connector registered without one has none), else learning_rate."""
-    return args.connector_lr or getattr(connector_class, "default_lr", None) or args.learning_rate

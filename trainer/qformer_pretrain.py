@@ -35,6 +35,11 @@ class QFormerPretraining(nn.Module):
     def __init__(self, model: VisionBridgeForConditionalGeneration):
         super().__init__()
         connector = model.connector
+        if model.config.connector == "qformer" and not isinstance(connector, QFormerConnector):
+            raise ValueError(
+                "stage='qformer_pretrain' trains the Q-Former of a model without adapters: pass the model itself, "
+                "not a peft model."
+            )
         if not isinstance(connector, QFormerConnector):
             raise ValueError(
                 f"stage='qformer_pretrain' trains a Q-Former: the model's connector is {model.config.connector!r}, "

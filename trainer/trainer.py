@@ -25,7 +25,6 @@ from .collator import VisionBridgeCollator
 from .data import VisionBridgeDataset
 from .lora import part_of, prepare_model, unwrap
 from .model_card import render_model_card
-from .options import connector_rate
 from .packing import check_packing_support, row_length_for
 from .qformer_pretrain import QFormerPretraining
 
@@ -194,7 +193,7 @@ class VisionBridgeTrainer(StagedCheckpoints):
         # The language model's group comes first: the Trainer logs the first group's rate as learning_rate.
         rates = {
             "language_model": args.learning_rate,
-            "connector": connector_rate(args, unwrap(model).config.connector_class),
+            "connector": args.connector_lr or args.learning_rate,
             "vision_tower": args.vision_lr or args.learning_rate,
         }
         decaying = set(self.get_decay_parameter_names(model))
@@ -247,14 +246,14 @@ class VisionBridgeTrainer(StagedCheckpoints):
             self._supervised_tokens = self._total_tokens = 0
         super().log(logs, *args, **kwargs)
 
-    def train(self, resume_from_checkpoint=None, **kwargs):
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
         if resume_from_checkpoint and self.qformer_pretraining is not None:
             # Its heads live beside the model and are not in checkpoints, so they would restart from fresh weights.
             raise ValueError(
                 "stage='qformer_pretrain' does not resume from a checkpoint; run the stage again from the start (it "
                 "takes minutes)."
             )
-        output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        output = super().train(resume_from_checkpoint, *args, **kwargs)
         # Each process drops and skips in its own share of the data.
         dropped, skipped = (
             int(total)
@@ -283,9 +282,12 @@ class VisionBridgeTrainer(StagedCheckpoints):
         inputs.pop(SKIPPED, None)  # evaluation batches; training_step has counted those of training
         inputs.pop(DROPPED, None)
         if self.qformer_pretraining is not None:
-            if return_outputs:
-                raise ValueError("stage='qformer_pretrain' has a loss and no outputs to evaluate.")
-            return self.qformer_pretraining.loss(unwrap(model), inputs)
+            loss = self.qformer_pretraining.loss(unwrap(model), inputs)
+            # The Trainer leaves dividing by the accumulation steps to a loss normalised by num_items_in_batch, which
+            # it passes to a model like this one; the stage's loss is a mean over its batch.
+            if kwargs.get("num_items_in_batch") is not None:
+                loss = loss / self.current_gradient_accumulation_steps
+            return loss
         if not return_outputs and self.label_smoother is None and self.compute_loss_func is None and "labels" in inputs:
             inputs = {**inputs, "loss_only": True}
         return super().compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)
