@@ -282,6 +282,8 @@ class VisionBridgeTrainer(StagedCheckpoints):
         inputs.pop(SKIPPED, None)  # evaluation batches; training_step has counted those of training
         inputs.pop(DROPPED, None)
         if self.qformer_pretraining is not None:
+            if return_outputs:
+                raise ValueError("stage='qformer_pretrain' has a training loss only: there is nothing to evaluate.")
             loss = self.qformer_pretraining.loss(unwrap(model), inputs)
             # The Trainer leaves dividing by the accumulation steps to a loss normalised by num_items_in_batch, which
             # it passes to a model like this one; the stage's loss is a mean over its batch.
