@@ -36,6 +36,20 @@ RECIPES = {
 GOAL_CONNECTOR, GOAL_ACCURACY, GOAL_SECONDS = "mlp2x_gelu", 0.95, 300  # seconds of training, wall clock
 
 
+def _quiet_run(device: str) -> dict:
+    """The training arguments both stages share: batch 16 at lr 1e-3, seed 0, nothing logged, saved or reported."""
+    return dict(
+        per_device_train_batch_size=16,
+        learning_rate=1e-3,
+        logging_strategy="no",
+        save_strategy="no",
+        report_to=[],
+        seed=0,
+        use_cpu=device == "cpu",
+        disable_tqdm=True,
+    )
+
+
 def pretrain_qformer(model, processor, captions: dict, folder: Path, steps: int, device: str) -> None:
     """BLIP-2's first stage: `steps` of image-text contrast on the digits' captions, warming up over a tenth."""
     import visionbridge
@@ -45,16 +59,9 @@ def pretrain_qformer(model, processor, captions: dict, folder: Path, steps: int,
         output_dir=str(folder / "qformer_pretrain"),
         stage="qformer_pretrain",
         max_steps=steps,
-        per_device_train_batch_size=16,
-        learning_rate=1e-3,
         lr_scheduler_type="constant_with_warmup",
         warmup_steps=steps // 10,
-        logging_strategy="no",
-        save_strategy="no",
-        report_to=[],
-        seed=0,
-        use_cpu=device == "cpu",
-        disable_tqdm=True,
+        **_quiet_run(device),
     )
     visionbridge.VisionBridgeTrainer(
         model=model, args=args, train_dataset=load_training_data(captions["train"]), processing_class=processor
@@ -79,16 +86,9 @@ def train_and_score(connector: str, components: tuple[str, str], data: dict, fol
     args = visionbridge.VisionBridgeTrainingArguments(
         output_dir=str(folder / connector),
         max_steps=budget["steps"],
-        per_device_train_batch_size=16,
-        learning_rate=1e-3,
         connector_lr=recipe.get("connector_lr"),
         lr_scheduler_type="cosine",
-        logging_strategy="no",
-        save_strategy="no",
-        report_to=[],
-        seed=0,
-        use_cpu=device == "cpu",
-        disable_tqdm=True,
+        **_quiet_run(device),
     )
     trainer = visionbridge.VisionBridgeTrainer(
         model=model, args=args, train_dataset=load_training_data(data["train"]), processing_class=processor
