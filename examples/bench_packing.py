@@ -23,7 +23,8 @@ from pathlib import Path
 import lockstep
 import numpy as np
 import torch
-from bench_speed import build_components, timed
+from bench_speed import build_components
+from measure import timed
 from PIL import Image
 from transformers.utils import is_flash_attn_2_available
 

@@ -17,16 +17,14 @@ that does the same work once, alone, with glibc handing blocks of 64 KiB and mor
 import argparse
 import json
 import os
-import re
-import resource
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 from lockstep import Side, alternate, running, serve
+from measure import paired_ratio, peak_memory_mib, reset_peak, resident_mib, timed
 from safetensors.torch import load_file, save_file
 
 # Encoder and LM shapes; "100m" is a ViT-B/16 tower (86M) and a 6-layer, 768-wide LLaMA (43M).
@@ -121,46 +119,6 @@ def _model_inputs(batch: dict, rows: int = BATCH, labels: bool = False) -> dict:
     return inputs
 
 
-def timed(function, device: str) -> float:
-    """Seconds `function()` takes, waiting for the GPU's queued work on CUDA."""
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    function()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
-def _resident_mib() -> float:
-    """Resident memory of this process now (Linux), MiB."""
-    pages = int(Path("/proc/self/statm").read_text().split()[1])
-    return pages * resource.getpagesize() / 2**20
-
-
-def peak_resident_mib() -> float:
-    """The highest resident memory of this process since it started or since `reset_peak` (Linux), MiB. Read from
-    VmHWM: getrusage's ru_maxrss would also count the peak of the process that started this one."""
-    status = Path("/proc/self/status").read_text()
-    return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE).group(1)) / 1024
-
-
-def reset_peak(device: str) -> None:
-    """Start counting the peak memory from now: VmHWM on CPU (Linux), the allocator's peak on CUDA."""
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        Path("/proc/self/clear_refs").write_text("5")
-
-
-def peak_memory_mib(device: str, resident_before: float) -> float:
-    """Peak memory since the start or `reset_peak`: on CUDA the allocator's, on CPU the resident memory above
-    `resident_before` (the process's after its imports)."""
-    if device == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return peak_resident_mib() - resident_before
-
-
 class Worker:
     """One side in its own process (see lockstep.py): loads its model from `folder`, then answers requests:
     `logits` on the batch (written beside the model), `generate` (rows: 1 or BATCH), `train` (one step, its seconds
@@ -176,7 +134,7 @@ class Worker:
         else:
             from transformers import LlavaForConditionalGeneration as model_class
         # Memory is counted from here: what the package imports weighs is not the model's.
-        self.resident_before = _resident_mib()
+        self.resident_before = resident_mib()
         self.side, self.folder, self.device, self.loss_only = side, folder, device, loss_only
         self.model = model_class.from_pretrained(folder / side, **load).to(device).eval()
         self.batch = {key: value.to(device) for key, value in load_file(folder / "batch.safetensors").items()}
@@ -270,13 +228,6 @@ def _run_sides(folder: Path, size: str, device: str, threads: int) -> tuple[dict
     return results["visionbridge"], results["llava"]
 
 
-def _paired_ratio(ours: list[float], theirs: list[float]) -> tuple[float, str]:
-    """The median of ours / theirs over the units the two sides ran one after the other, and its note."""
-    ratios = [a / b for a, b in zip(ours, theirs, strict=True)]
-    note = f"ratio: median over {len(ratios)} adjacent pairs ({min(ratios):.2f}-{max(ratios):.2f})"
-    return statistics.median(ratios), note
-
-
 def _row(metric: str, ours: float, reference: float | None, ratio: float | None, goal: str, met, note: str) -> dict:
     return dict(
         section="speed", metric=metric, ours=ours, reference=reference, ratio=ratio, goal=goal, met=met, note=note
@@ -308,7 +259,7 @@ def run(size: str, device: str) -> list[dict]:
             )
         )
         spec = SIZES[name]
-        ratio, paired = _paired_ratio(ours["train_step"], theirs["train_step"])
+        ratio, paired = paired_ratio(ours["train_step"], theirs["train_step"])
         note = (
             f"{where}; batch {BATCH}; median of {spec['steps']} steps per side, {paired}; {ours['trainable']} trainable"
         )
@@ -325,7 +276,7 @@ def run(size: str, device: str) -> list[dict]:
         )
         for batch in (1, BATCH):
             our_times, their_times = ours[f"generate_{batch}"], theirs[f"generate_{batch}"]
-            ratio, paired = _paired_ratio(our_times, their_times)
+            ratio, paired = paired_ratio(our_times, their_times)
             same = ours[f"tokens_{batch}"] == theirs[f"tokens_{batch}"]
             rows.append(
                 _row(

@@ -37,17 +37,10 @@ from pathlib import Path
 
 import torch
 from bench_packing import llava_mix_samples
-from bench_speed import (
-    LORA_TARGETS,
-    SEED,
-    _paired_ratio,
-    _resident_mib,
-    peak_memory_mib,
-    reset_peak,
-    side_process,
-)
+from bench_speed import LORA_TARGETS, SEED, side_process
 from datasets import Dataset
 from lockstep import Side, TrainerTurns, alternate, running, serve
+from measure import paired_ratio, peak_memory_mib, reset_peak, resident_mib
 from safetensors.torch import load_file, save_file
 from transformers import (
     AutoConfig,
@@ -292,7 +285,7 @@ class TrainerSide:
     def __init__(self, name: str, folder: Path, device: str, threads: int):
         torch.set_num_threads(threads)
         torch.manual_seed(SEED)
-        self.resident_before, self.device = _resident_mib(), device
+        self.resident_before, self.device = resident_mib(), device
         trainer_name, layout = TRAINERS[name]
         batches = Batches(load_batches(folder / f"{layout}.safetensors"), packing=layout == "packed")
         output_dir = folder / name.replace(" ", "-")
@@ -392,7 +385,7 @@ def rows_for(size: str, model_spec: dict, built: dict, sides: dict, threads: int
     ]
 
     ours, theirs = sides["visionbridge"], sides["llava"]
-    ratio, paired = _paired_ratio(ours["seconds"], theirs["seconds"])
+    ratio, paired = paired_ratio(ours["seconds"], theirs["seconds"])
     rows.append(
         _row(
             f"training step, s, vs Llava + peft ({tag})",
@@ -421,7 +414,7 @@ def _trl_rows(tokens: int, sides: dict, tag: str, setting: str, goals: dict) -> 
     ):
         theirs = sides[reference]
         # Their time over ours: our throughput over theirs.
-        ratio, paired = _paired_ratio(theirs["seconds"], ours["seconds"])
+        ratio, paired = paired_ratio(theirs["seconds"], ours["seconds"])
         rows.append(
             _row(
                 f"real training tokens/s, vs {name} ({tag})",
@@ -456,7 +449,7 @@ def _packing_row(tokens: dict, sides: dict, tag: str, models: str, goals: dict) 
     ours, theirs = sides["visionbridge packed"]["seconds"], sides["trl padded"]["seconds"]
     timed = slice(1, 1 + len(ours))  # after the warm-up batch
     real, slots, longest = tokens["mix"][timed], tokens["slots"][timed], tokens["longest"][timed]
-    ratio, paired = _paired_ratio(theirs, ours)
+    ratio, paired = paired_ratio(theirs, ours)
     return _row(
         f"real training tokens/s, packed (ours) vs TRL SFTTrainer defaults, padded ({tag})",
         sum(real) / sum(ours),

@@ -93,7 +93,7 @@ def _check_vocabulary_rows(rows: list[dict]) -> None:
 def test_a_sides_peak_memory_is_its_own_not_that_of_the_process_that_started_it():
     ballast = bytearray(1024 * 2**20)
     ballast[:: 2**12] = b"\1" * len(range(0, len(ballast), 2**12))  # resident: every page written
-    code = "import bench_speed; print(bench_speed.peak_resident_mib())"
+    code = "import measure; print(measure.peak_resident_mib())"
     run = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT / "examples", timeout=300, check=True
     )
