@@ -12,7 +12,11 @@ answer. The VisionBridge model is converted to a Llava with every weight copied 
 give the same logits before anything is timed. The sides, each in its own process, take turns a step at a time
 (lockstep.py):
 - against Llava + peft: bench_speed's Worker on each model, the same peft LoRA (r=16 on the LLM's linear layers,
-  connector / projector trained fully) and AdamW; ours with `loss_only`, as VisionBridgeTrainer trains;
+  connector / projector trained fully) and AdamW; ours with `loss_only`, as VisionBridgeTrainer trains; beside them
+  ours with no LM head or loss at all (`BodyWorker`), the floor that any head and loss computed at the labelled
+  positions stays above: with weights and the body's activations equal on both sides, it says which ratios the
+  lean head can reach at a shape; and (LLaMA-shaped LM) the two sides again with gradient checkpointing, as
+  LLaVA's and TRL's training scripts run (`CheckpointedWorker`);
 - against TRL (the Qwen2-shaped LM): VisionBridgeTrainer at its defaults (fp32) and trl.SFTTrainer on the Llava
   with the same LoRA as its `peft_config`, at SFTConfig's defaults (bf16 autocast where the device has it, gradient
   checkpointing, its fused LM head) and with `bf16=False`, each a step of the trainer's own loop
@@ -37,7 +41,7 @@ from pathlib import Path
 
 import torch
 from bench_packing import llava_mix_samples
-from bench_speed import LORA_TARGETS, SEED, side_process
+from bench_speed import LORA_TARGETS, SEED, Worker, side_process
 from datasets import Dataset
 from lockstep import Side, TrainerTurns, alternate, running, serve
 from measure import paired_ratio, peak_memory_mib, reset_peak, resident_mib
@@ -54,7 +58,7 @@ from transformers import (
 
 import visionbridge
 from visionbridge import VisionBridgeForConditionalGeneration, VisionBridgeTrainer, VisionBridgeTrainingArguments
-from visionbridge.modeling import to_llava
+from visionbridge.modeling import modeling_visionbridge, to_llava
 from visionbridge.modeling.tiny_components import train_tiny_tokenizer
 from visionbridge.trainer.collator import VisionBridgeCollator
 
@@ -74,7 +78,7 @@ SIZES = {
                 "text": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2),
                 "vocab": 2000,
                 "goals": None,  # not judged at the tiny size
-                "compared": ("llava", "trl", "packing"),
+                "compared": ("llava", "llava checkpointed", "trl", "packing"),
             }
         ],
         "prompt_answer": (4, 6),
@@ -89,7 +93,7 @@ SIZES = {
                 "text": dict(hidden_size=2048, intermediate_size=5632, num_attention_heads=32, num_key_value_heads=4),
                 "vocab": 32000,
                 "goals": {"time": 0.7, "memory": 0.6},
-                "compared": ("llava",),
+                "compared": ("llava", "llava checkpointed"),
             },
             {
                 "name": "Qwen2-shaped, Qwen2-0.5B widths",
@@ -102,7 +106,7 @@ SIZES = {
             },
         ],
         "prompt_answer": (24, 60),
-        "steps": 2,  # timed, after one warm-up step: a step of TRL's padded batches takes minutes here
+        "steps": 4,  # timed, after one warm-up step
     },
 }
 LAYERS, BATCH, MODEL_MAX_LENGTH = 2, 4, 2048
@@ -119,12 +123,15 @@ TRAINERS = {
     "trl padded": ("trl", "padded"),
 }
 BF16_SIDES = ("trl",)  # its first-step loss differs from the fp32 sides' by bf16's noise
+BODY = "visionbridge body"  # ours without LM head or loss: the floor of the head's ratios (BodyWorker)
+CHECKPOINTED = {"visionbridge checkpointed": "visionbridge", "llava checkpointed": "llava"}  # CheckpointedWorker
 MAX_STEPS = 100
 # The sides of each comparison, ours first; each comparison's sides take turns.
 COMPARED = {
-    "llava": ("visionbridge", "llava"),
+    "llava": ("visionbridge", "llava", BODY),
     "trl": ("visionbridge trainer", "trl", "trl fp32"),
     "packing": ("visionbridge packed", "trl padded"),
+    "llava checkpointed": tuple(CHECKPOINTED),
 }
 
 
@@ -305,9 +312,36 @@ class TrainerSide:
         return {"peak_memory_mib": peak_memory_mib(self.device, self.resident_before)}
 
 
+def _no_head_or_loss(language_model, hidden: torch.Tensor, labels: torch.Tensor, *args) -> torch.Tensor:
+    """Zero times the body's output [B, T, D] at the positions that predict a label: its backward pass runs
+    through the whole body, as a real loss's does, with no LM head in between."""
+    return hidden[:, :-1][labels[:, 1:] != -100].sum() * 0.0
+
+
+class BodyWorker(Worker):
+    """bench_speed's Worker on our model, training with `loss_only`, whose loss at the labelled positions is
+    `_no_head_or_loss` instead of the head and the LM's loss: everything else of the step (tower, connector, LM
+    body forward and backward, AdamW) as the `visionbridge` side runs it. Its time and memory are the least that a
+    step with any LM head and loss can take."""
+
+    def __init__(self, folder: Path, device: str, threads: int):
+        super().__init__("visionbridge", folder, device, threads, loss_only=True)
+        modeling_visionbridge.labelled_loss = _no_head_or_loss  # this process only
+
+
+class CheckpointedWorker(Worker):
+    """bench_speed's Worker with gradient checkpointing on (transformers' own, non-reentrant): each decoder layer's
+    activations are recomputed in the backward pass instead of kept. Ours trains with `loss_only`."""
+
+    def __init__(self, name: str, folder: Path, device: str, threads: int):
+        super().__init__(CHECKPOINTED[name], folder, device, threads, loss_only=CHECKPOINTED[name] == "visionbridge")
+        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def start_side(name: str, folder: Path, device: str, threads: int, environment: dict | None = None) -> Side:
-    """The process of side `name`: a trainer (TRAINERS) or bench_speed's Worker on a model, ours with loss_only."""
-    if name not in TRAINERS:
+    """The process of side `name`: a trainer (TRAINERS), BodyWorker, or bench_speed's Worker on a model, ours with
+    loss_only."""
+    if name not in TRAINERS and name != BODY and name not in CHECKPOINTED:
         return side_process(name, folder, device, threads, environment, loss_only=name == "visionbridge")
     command = [sys.executable, __file__, "--serve", name, "--folder", str(folder)]
     command += ["--device", device, "--threads", str(threads)]
@@ -364,9 +398,10 @@ def rows_for(size: str, model_spec: dict, built: dict, sides: dict, threads: int
 
     losses = {
         name: sides[name]["loss"]
-        for comparison in ("llava", "trl")
+        for comparison in ("llava", "llava checkpointed", "trl")
         if comparison in compared
         for name in COMPARED[comparison]
+        if name != BODY
     }
     gap = max(abs(loss - losses["llava"]) for name, loss in losses.items() if name not in BF16_SIDES)
     rows = [
@@ -398,11 +433,53 @@ def rows_for(size: str, model_spec: dict, built: dict, sides: dict, threads: int
         )
     )
     rows.append(_memory_row("Llava + peft", ours, theirs, tag, goals.get("memory")))
+    rows += _floor_rows(sides[BODY], theirs, tag, setting)
+    if "llava checkpointed" in compared:
+        rows += _checkpointed_rows(sides, tag, setting)
     if "trl" in compared:
         rows += _trl_rows(built["tokens"]["fixed"][0], sides, tag, setting, goals)
     if "packing" in compared:
         rows.append(_packing_row(built["tokens"], sides, tag, models, goals))
     return rows
+
+
+def _floor_rows(body: dict, theirs: dict, tag: str, setting: str) -> list[dict]:
+    """BodyWorker against Llava + peft: the time and memory ratios no LM head and loss can go below, reported."""
+    ratio, paired = paired_ratio(body["seconds"], theirs["seconds"])
+    floor = "ours without LM head or loss (the floor of any head)"
+    return [
+        _row(
+            f"training step, s, {floor}, vs Llava + peft ({tag})",
+            statistics.median(body["seconds"]),
+            statistics.median(theirs["seconds"]),
+            ratio,
+            "reported",
+            None,
+            f"{setting}; the visionbridge side's step with zero times the body's output at the labelled positions "
+            f"as its loss; median of {len(body['seconds'])} steps per side, {paired}",
+        ),
+        _memory_row("Llava + peft", body, theirs, tag, None, ours_name=floor),
+    ]
+
+
+def _checkpointed_rows(sides: dict, tag: str, setting: str) -> list[dict]:
+    """Ours against Llava + peft, both with gradient checkpointing, reported."""
+    ours, theirs = (sides[name] for name in CHECKPOINTED)
+    ratio, paired = paired_ratio(ours["seconds"], theirs["seconds"])
+    name = "Llava + peft, both with gradient checkpointing"
+    return [
+        _row(
+            f"training step, s, vs {name} ({tag})",
+            statistics.median(ours["seconds"]),
+            statistics.median(theirs["seconds"]),
+            ratio,
+            "reported",
+            None,
+            f"{setting}; peft LoRA r=16 + connector, AdamW; ours with loss_only; transformers' gradient "
+            f"checkpointing (non-reentrant) on both; median of {len(ours['seconds'])} steps per side, {paired}",
+        ),
+        _memory_row(name, ours, theirs, tag, None),
+    ]
 
 
 def _trl_rows(tokens: int, sides: dict, tag: str, setting: str, goals: dict) -> list[dict]:
@@ -432,10 +509,10 @@ def _trl_rows(tokens: int, sides: dict, tag: str, setting: str, goals: dict) -> 
     return rows
 
 
-def _memory_row(name: str, ours: dict, theirs: dict, tag: str, goal: float | None) -> dict:
+def _memory_row(name: str, ours: dict, theirs: dict, tag: str, goal: float | None, ours_name: str = "") -> dict:
     ratio = ours["peak_memory_mib"] / theirs["peak_memory_mib"]
     return _row(
-        f"peak training memory, MiB, vs {name} ({tag})",
+        f"peak training memory, MiB, {ours_name + ', ' if ours_name else ''}vs {name} ({tag})",
         ours["peak_memory_mib"],
         theirs["peak_memory_mib"],
         ratio,
@@ -481,11 +558,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="tiny", choices=[*SIZES, "all"])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--serve", choices=list(TRAINERS), help="internal: run one trainer side")
+    parser.add_argument("--serve", choices=[*TRAINERS, BODY, *CHECKPOINTED], help="internal: run one side")
     parser.add_argument("--folder", type=Path)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
-    if args.serve:
+    if args.serve == BODY:
+        serve(lambda: BodyWorker(args.folder, args.device, args.threads))
+    elif args.serve in CHECKPOINTED:
+        serve(lambda: CheckpointedWorker(args.serve, args.folder, args.device, args.threads))
+    elif args.serve:
         serve(lambda: TrainerSide(args.serve, args.folder, args.device, args.threads))
     else:
         print(json.dumps(run(args.size, args.device), indent=1))
