@@ -13,10 +13,10 @@ give the same logits before anything is timed. The sides, each in its own proces
 (lockstep.py):
 - against Llava + peft: bench_speed's Worker on each model, the same peft LoRA (r=16 on the LLM's linear layers,
   connector / projector trained fully) and AdamW; ours with `loss_only`, as VisionBridgeTrainer trains; beside them
-  ours with no LM head or loss at all (`BodyWorker`), the floor that any head and loss computed at the labelled
-  positions stays above: with weights and the body's activations equal on both sides, it says which ratios the
-  lean head can reach at a shape; and (LLaMA-shaped LM) the two sides again with gradient checkpointing, as
-  LLaVA's and TRL's training scripts run (`CheckpointedWorker`);
+  ours with no LM head or loss at all (`BodyWorker`, the same weights and batch as ours): the floor that a step
+  with any head and loss stays above, which says what ratios the lean head can reach at a shape; and (LLaMA-shaped
+  LM) ours and Llava again with gradient checkpointing, as LLaVA's and TRL's training scripts run
+  (`CheckpointedWorker`);
 - against TRL (the Qwen2-shaped LM): VisionBridgeTrainer at its defaults (fp32) and trl.SFTTrainer on the Llava
   with the same LoRA as its `peft_config`, at SFTConfig's defaults (bf16 autocast where the device has it, gradient
   checkpointing, its fused LM head) and with `bf16=False`, each a step of the trainer's own loop
@@ -24,9 +24,9 @@ give the same logits before anything is timed. The sides, each in its own proces
 - packing (the Qwen2-shaped LM): VisionBridgeTrainer with `packing=True` against SFTTrainer's defaults on padded
   batches (TRL refuses to pack vision data), on bench_packing's LLaVA-1.5-like mix of samples, 4 per batch.
 Every side gets the same batches as tensors (the trainers through a data_collator), so the first step's losses,
-before any update, must agree. Every side runs with glibc handing freed blocks of 64 KiB and more back to the
-system (MALLOC_MMAP_THRESHOLD_), so that its peak RSS, counted from after loading (the weights included), follows
-its live tensors. Needs TRL: pip install "visionbridge[trl]".
+before any update, must agree (BodyWorker's is zero). Every side runs with glibc handing freed blocks of 64 KiB
+and more back to the system (MALLOC_MMAP_THRESHOLD_), so that its peak RSS, counted from after loading (the
+weights included), follows its live tensors. Needs TRL: pip install "visionbridge[trl]".
 
     python examples/bench_vocab.py --size tiny
 """
@@ -59,6 +59,7 @@ from transformers import (
 import visionbridge
 from visionbridge import VisionBridgeForConditionalGeneration, VisionBridgeTrainer, VisionBridgeTrainingArguments
 from visionbridge.modeling import modeling_visionbridge, to_llava
+from visionbridge.modeling.labelled_loss import IGNORE_INDEX
 from visionbridge.modeling.tiny_components import train_tiny_tokenizer
 from visionbridge.trainer.collator import VisionBridgeCollator
 
@@ -106,7 +107,7 @@ SIZES = {
             },
         ],
         "prompt_answer": (24, 60),
-        "steps": 4,  # timed, after one warm-up step
+        "steps": 4,  # timed, after one warm-up step: with TRL's padded batches, about 40 minutes on 2 CPU cores
     },
 }
 LAYERS, BATCH, MODEL_MAX_LENGTH = 2, 4, 2048
@@ -123,7 +124,9 @@ TRAINERS = {
     "trl padded": ("trl", "padded"),
 }
 BF16_SIDES = ("trl",)  # its first-step loss differs from the fp32 sides' by bf16's noise
-BODY = "visionbridge body"  # ours without LM head or loss: the floor of the head's ratios (BodyWorker)
+BODY = "visionbridge body"  # BodyWorker
+FLOOR = "ours without LM head or loss (the floor of any head)"
+LORA = "peft LoRA r=16 + connector, AdamW; ours with loss_only"
 CHECKPOINTED = {"visionbridge checkpointed": "visionbridge", "llava checkpointed": "llava"}  # CheckpointedWorker
 MAX_STEPS = 100
 # The sides of each comparison, ours first; each comparison's sides take turns.
@@ -162,7 +165,7 @@ def fixed_batch(config, size: str) -> dict[str, torch.Tensor]:
     image = torch.full((BATCH, config.image_seq_length), config.image_token_id)
     input_ids = torch.cat([bos, image, text], dim=1)  # [B, T]
     labels = input_ids.clone()
-    labels[:, : input_ids.shape[1] - answer] = -100
+    labels[:, : input_ids.shape[1] - answer] = IGNORE_INDEX
     side = config.vision_config.image_size
     return {
         "input_ids": input_ids,
@@ -312,10 +315,13 @@ class TrainerSide:
         return {"peak_memory_mib": peak_memory_mib(self.device, self.resident_before)}
 
 
-def _no_head_or_loss(language_model, hidden: torch.Tensor, labels: torch.Tensor, *args) -> torch.Tensor:
-    """Zero times the body's output [B, T, D] at the positions that predict a label: its backward pass runs
-    through the whole body, as a real loss's does, with no LM head in between."""
-    return hidden[:, :-1][labels[:, 1:] != -100].sum() * 0.0
+def _no_head_or_loss(
+    language_model, hidden: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None, lockstep: bool = False
+) -> torch.Tensor:
+    """In place of labelled_loss: zero times the sum of the body's output [B, T, D] at the positions whose next
+    token is labelled (labels [B, T]), a scalar whose backward pass runs through the whole body, as a real loss's
+    does, with no LM head in between."""
+    return hidden[:, :-1][labels[:, 1:] != IGNORE_INDEX].sum() * 0.0
 
 
 class BodyWorker(Worker):
@@ -336,11 +342,13 @@ class CheckpointedWorker(Worker):
     def __init__(self, name: str, folder: Path, device: str, threads: int):
         super().__init__(CHECKPOINTED[name], folder, device, threads, loss_only=CHECKPOINTED[name] == "visionbridge")
         self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if not any(getattr(module, "gradient_checkpointing", False) for module in self.model.modules()):
+            raise RuntimeError(f"{name}: gradient_checkpointing_enable left no layer checkpointed")
 
 
 def start_side(name: str, folder: Path, device: str, threads: int, environment: dict | None = None) -> Side:
-    """The process of side `name`: a trainer (TRAINERS), BodyWorker, or bench_speed's Worker on a model, ours with
-    loss_only."""
+    """The process of side `name`: a trainer (TRAINERS), BodyWorker, CheckpointedWorker, or bench_speed's Worker on
+    a model, ours with loss_only."""
     if name not in TRAINERS and name != BODY and name not in CHECKPOINTED:
         return side_process(name, folder, device, threads, environment, loss_only=name == "visionbridge")
     command = [sys.executable, __file__, "--serve", name, "--folder", str(folder)]
@@ -381,8 +389,9 @@ def _judged(ratio: float, goal: float | None, below: bool) -> tuple[str, bool | 
 
 def rows_for(size: str, model_spec: dict, built: dict, sides: dict, threads: int) -> list[dict]:
     """The rows of one language model from `measure`'s results per side: the first-step losses, then each
-    comparison's: time and memory against Llava + peft, throughput and memory against TRL (defaults and fp32),
-    packing against TRL's padded batches."""
+    comparison's: time and memory against Llava + peft, and of the floor (BodyWorker) against it; both with
+    gradient checkpointing; throughput and memory against TRL (defaults and fp32); packing against TRL's padded
+    batches."""
     vocab, goals, compared = model_spec["vocab"], model_spec["goals"] or {}, model_spec["compared"]
     tag = f"{model_spec['type']}, {model_spec['text']['hidden_size']} wide, vocab {vocab:,}" + (
         ", tiny" if size == "tiny" else ""
@@ -396,6 +405,8 @@ def rows_for(size: str, model_spec: dict, built: dict, sides: dict, threads: int
     )
     setting = f"{models}; batch {BATCH} x {length} tokens, {answer} labelled per sample ({answer / length:.0%})"
 
+    if sides[BODY]["loss"] != 0.0:  # the head and loss ran: labelled_loss was not the one replaced
+        raise AssertionError(f"{BODY}: first-step loss {sides[BODY]['loss']}, not 0: its LM head ran")
     losses = {
         name: sides[name]["loss"]
         for comparison in ("llava", "llava checkpointed", "trl")
@@ -428,11 +439,11 @@ def rows_for(size: str, model_spec: dict, built: dict, sides: dict, threads: int
             statistics.median(theirs["seconds"]),
             ratio,
             *_judged(ratio, goals.get("time"), below=True),
-            f"{setting}; peft LoRA r=16 + connector, AdamW; ours with loss_only; median of {len(ours['seconds'])} "
-            f"steps per side, {paired}; trainable: ours {ours['trainable']}, Llava {theirs['trainable']}",
+            f"{setting}; {LORA}; median of {len(ours['seconds'])} steps per side, {paired}; trainable: ours "
+            f"{ours['trainable']}, Llava {theirs['trainable']}",
         )
     )
-    rows.append(_memory_row("Llava + peft", ours, theirs, tag, goals.get("memory")))
+    rows.append(_memory_row("vs Llava + peft", ours, theirs, tag, goals.get("memory")))
     rows += _floor_rows(sides[BODY], theirs, tag, setting)
     if "llava checkpointed" in compared:
         rows += _checkpointed_rows(sides, tag, setting)
@@ -446,10 +457,9 @@ def rows_for(size: str, model_spec: dict, built: dict, sides: dict, threads: int
 def _floor_rows(body: dict, theirs: dict, tag: str, setting: str) -> list[dict]:
     """BodyWorker against Llava + peft: the time and memory ratios no LM head and loss can go below, reported."""
     ratio, paired = paired_ratio(body["seconds"], theirs["seconds"])
-    floor = "ours without LM head or loss (the floor of any head)"
     return [
         _row(
-            f"training step, s, {floor}, vs Llava + peft ({tag})",
+            f"training step, s, {FLOOR}, vs Llava + peft ({tag})",
             statistics.median(body["seconds"]),
             statistics.median(theirs["seconds"]),
             ratio,
@@ -458,7 +468,7 @@ def _floor_rows(body: dict, theirs: dict, tag: str, setting: str) -> list[dict]:
             f"{setting}; the visionbridge side's step with zero times the body's output at the labelled positions "
             f"as its loss; median of {len(body['seconds'])} steps per side, {paired}",
         ),
-        _memory_row("Llava + peft", body, theirs, tag, None, ours_name=floor),
+        _memory_row(f"{FLOOR}, vs Llava + peft", body, theirs, tag, None),
     ]
 
 
@@ -475,10 +485,11 @@ def _checkpointed_rows(sides: dict, tag: str, setting: str) -> list[dict]:
             ratio,
             "reported",
             None,
-            f"{setting}; peft LoRA r=16 + connector, AdamW; ours with loss_only; transformers' gradient "
-            f"checkpointing (non-reentrant) on both; median of {len(ours['seconds'])} steps per side, {paired}",
+            f"{setting}; {LORA}; transformers' gradient checkpointing (non-reentrant) on both; median of "
+            f"{len(ours['seconds'])} steps per side, {paired}; trainable: ours {ours['trainable']}, Llava "
+            f"{theirs['trainable']}",
         ),
-        _memory_row(name, ours, theirs, tag, None),
+        _memory_row(f"vs {name}", ours, theirs, tag, None),
     ]
 
 
@@ -505,14 +516,14 @@ def _trl_rows(tokens: int, sides: dict, tag: str, setting: str, goals: dict) -> 
             )
         )
         goal = TRL_GOALS["memory"] if goals and reference == "trl" else None
-        rows.append(_memory_row(name, ours, theirs, tag, goal))
+        rows.append(_memory_row(f"vs {name}", ours, theirs, tag, goal))
     return rows
 
 
-def _memory_row(name: str, ours: dict, theirs: dict, tag: str, goal: float | None, ours_name: str = "") -> dict:
+def _memory_row(versus: str, ours: dict, theirs: dict, tag: str, goal: float | None) -> dict:
     ratio = ours["peak_memory_mib"] / theirs["peak_memory_mib"]
     return _row(
-        f"peak training memory, MiB, {ours_name + ', ' if ours_name else ''}vs {name} ({tag})",
+        f"peak training memory, MiB, {versus} ({tag})",
         ours["peak_memory_mib"],
         theirs["peak_memory_mib"],
         ratio,

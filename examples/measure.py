@@ -36,7 +36,7 @@ def peak_resident_mib() -> float:
 
 def reset_peak(device: str) -> None:
     """Start counting the peak memory from now: VmHWM on CPU (Linux), the allocator's peak on CUDA."""
-    if device == "cuda":
+    if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     else:
         Path("/proc/self/clear_refs").write_text("5")
@@ -45,7 +45,7 @@ def reset_peak(device: str) -> None:
 def peak_memory_mib(device: str, resident_before: float) -> float:
     """Peak memory since the start or `reset_peak`: on CUDA the allocator's, on CPU the resident memory above
     `resident_before` (the process's after its imports)."""
-    if device == "cuda":
+    if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**20
     return peak_resident_mib() - resident_before
 

@@ -91,7 +91,7 @@ def _check_vocabulary_rows(rows: list[dict]) -> None:
     _check_ratios(compared)
     trainable = [re.search(r"trainable: ours (\d+), (?:Llava|TRL) (\d+)", row["note"]) for row in compared]
     counts = [match.groups() for match in trainable if match]
-    assert len(counts) == 3 and all(ours == theirs for ours, theirs in counts)  # the same LoRA and connector
+    assert len(counts) == 4 and all(ours == theirs for ours, theirs in counts)  # the same LoRA and connector
     assert "padding" in rows[-1]["note"]
 
 
