@@ -455,41 +455,33 @@ def rows_for(size: str, model_spec: dict, built: dict, sides: dict, threads: int
 
 
 def _floor_rows(body: dict, theirs: dict, tag: str, setting: str) -> list[dict]:
-    """BodyWorker against Llava + peft: the time and memory ratios no LM head and loss can go below, reported."""
-    ratio, paired = paired_ratio(body["seconds"], theirs["seconds"])
-    return [
-        _row(
-            f"training step, s, {FLOOR}, vs Llava + peft ({tag})",
-            statistics.median(body["seconds"]),
-            statistics.median(theirs["seconds"]),
-            ratio,
-            "reported",
-            None,
-            f"{setting}; the visionbridge side's step with zero times the body's output at the labelled positions "
-            f"as its loss; median of {len(body['seconds'])} steps per side, {paired}",
-        ),
-        _memory_row(f"{FLOOR}, vs Llava + peft", body, theirs, tag, None),
-    ]
+    """BodyWorker against Llava + peft: the time and memory ratios no LM head and loss can go below."""
+    how = "the visionbridge side's step with zero times the body's output at the labelled positions as its loss"
+    return _reported_rows(f"{FLOOR}, vs Llava + peft", body, theirs, tag, f"{setting}; {how}")
 
 
 def _checkpointed_rows(sides: dict, tag: str, setting: str) -> list[dict]:
-    """Ours against Llava + peft, both with gradient checkpointing, reported."""
+    """Ours against Llava + peft, both with gradient checkpointing."""
     ours, theirs = (sides[name] for name in CHECKPOINTED)
+    how = f"{setting}; {LORA}; transformers' gradient checkpointing (non-reentrant) on both"
+    trainable = f"; trainable: ours {ours['trainable']}, Llava {theirs['trainable']}"
+    return _reported_rows("vs Llava + peft, both with gradient checkpointing", ours, theirs, tag, how, trainable)
+
+
+def _reported_rows(versus: str, ours: dict, theirs: dict, tag: str, how: str, trainable: str = "") -> list[dict]:
+    """A training step's time and peak memory, ours against theirs, reported without a goal."""
     ratio, paired = paired_ratio(ours["seconds"], theirs["seconds"])
-    name = "Llava + peft, both with gradient checkpointing"
     return [
         _row(
-            f"training step, s, vs {name} ({tag})",
+            f"training step, s, {versus} ({tag})",
             statistics.median(ours["seconds"]),
             statistics.median(theirs["seconds"]),
             ratio,
             "reported",
             None,
-            f"{setting}; {LORA}; transformers' gradient checkpointing (non-reentrant) on both; median of "
-            f"{len(ours['seconds'])} steps per side, {paired}; trainable: ours {ours['trainable']}, Llava "
-            f"{theirs['trainable']}",
+            f"{how}; median of {len(ours['seconds'])} steps per side, {paired}{trainable}",
         ),
-        _memory_row(f"vs {name}", ours, theirs, tag, None),
+        _memory_row(versus, ours, theirs, tag, None),
     ]
 
 

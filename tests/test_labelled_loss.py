@@ -174,18 +174,23 @@ def test_an_lm_whose_logits_are_not_reproduced_trains_on_its_full_logits(make_mo
     assert lean.logits is not None and torch.allclose(lean.loss, full)
 
 
-def test_the_trainer_trains_on_labelled_positions_and_evaluates_on_full_logits(make_model, digit_samples, tmp_path):
-    model, processor = make_model()
-    seen = []
-    model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs.get("loss_only")), with_kwargs=True)
-    args = cpu_args(tmp_path, per_device_train_batch_size=4, max_steps=2, eval_strategy="no")
-    trainer = VisionBridgeTrainer(
+def _digits_trainer(model, processor, args, digit_samples) -> VisionBridgeTrainer:
+    """A trainer on 8 digits, evaluating on the 4 after them."""
+    return VisionBridgeTrainer(
         model=model,
         args=args,
         train_dataset=digit_samples[:8],
         eval_dataset=digit_samples[8:12],
         processing_class=processor,
     )
+
+
+def test_the_trainer_trains_on_labelled_positions_and_evaluates_on_full_logits(make_model, digit_samples, tmp_path):
+    model, processor = make_model()
+    seen = []
+    model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs.get("loss_only")), with_kwargs=True)
+    args = cpu_args(tmp_path, per_device_train_batch_size=4, max_steps=2, eval_strategy="no")
+    trainer = _digits_trainer(model, processor, args, digit_samples)
     trainer.train()
     assert seen == [True, True]
     metrics = trainer.evaluate()
@@ -199,13 +204,7 @@ def test_evaluation_and_generation_after_lean_steps_read_the_full_logits(make_mo
     over the batch's labels, and `generate` picks each greedy token from the full logits of the last position."""
     model, processor = make_model()
     args = cpu_args(tmp_path, per_device_train_batch_size=4, per_device_eval_batch_size=4, max_steps=2)
-    trainer = VisionBridgeTrainer(
-        model=model,
-        args=args,
-        train_dataset=digit_samples[:8],
-        eval_dataset=digit_samples[8:12],
-        processing_class=processor,
-    )
+    trainer = _digits_trainer(model, processor, args, digit_samples)
     trainer.train()
     assert model._head_reproduces_the_logits  # the steps took the lean path
     metrics = trainer.evaluate()
