@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 from bench_packing import llava_mix_samples
-from bench_speed import LORA_TARGETS, SEED, Worker, side_process
+from bench_speed import LORA_TARGETS, SEED, SIDES, Worker, side_process
 from datasets import Dataset
 from lockstep import Side, TrainerTurns, alternate, running, serve
 from measure import paired_ratio, peak_memory_mib, reset_peak, resident_mib
@@ -107,7 +107,7 @@ SIZES = {
             },
         ],
         "prompt_answer": (24, 60),
-        "steps": 4,  # timed, after one warm-up step: with TRL's padded batches, about 40 minutes on 2 CPU cores
+        "steps": 4,  # timed, after one warm-up step: with TRL's padded batches, about 35 minutes on 2 idle CPU cores
     },
 }
 LAYERS, BATCH, MODEL_MAX_LENGTH = 2, 4, 2048
@@ -349,7 +349,7 @@ class CheckpointedWorker(Worker):
 def start_side(name: str, folder: Path, device: str, threads: int, environment: dict | None = None) -> Side:
     """The process of side `name`: a trainer (TRAINERS), BodyWorker, CheckpointedWorker, or bench_speed's Worker on
     a model, ours with loss_only."""
-    if name not in TRAINERS and name != BODY and name not in CHECKPOINTED:
+    if name in SIDES:
         return side_process(name, folder, device, threads, environment, loss_only=name == "visionbridge")
     command = [sys.executable, __file__, "--serve", name, "--folder", str(folder)]
     command += ["--device", device, "--threads", str(threads)]
